@@ -1,0 +1,9 @@
+"""Pure tensor -> tensor modules; parameter names equal the official checkpoint keys."""
+
+from .image_encoder import ImageEncoderViT
+from .mask_decoder import MaskDecoder
+from .prompt_encoder import PromptEncoder
+from .sam import Sam
+from .transformer import ImageSideCache, TwoWayTransformer
+
+__all__ = ["ImageEncoderViT", "MaskDecoder", "PromptEncoder", "Sam", "ImageSideCache", "TwoWayTransformer"]

@@ -1,0 +1,226 @@
+"""Two-way transformer of the mask decoder.
+
+Prompt tokens attend to the image embedding and the image embedding attends back
+to the tokens, ``depth`` times, then a final token-to-image attention.
+
+The image side of the first layer does not depend on the prompts when there is no
+mask prompt: :class:`ImageSideCache` holds those projections so they are computed
+once per image instead of once per prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .common import MLPBlock
+
+__all__ = ["DecoderAttention", "TwoWayAttentionBlock", "TwoWayTransformer", "ImageSideCache"]
+
+
+class DecoderAttention(nn.Module):
+    """Multi-head attention with an optional down-projection of the internal width.
+
+    Parameter names match the checkpoint: ``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``.
+    """
+
+    def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
+        super().__init__()
+        self.internal_dim = embedding_dim // downsample_rate
+        if self.internal_dim % num_heads:
+            raise ValueError(f"internal dim {self.internal_dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.q_proj = nn.Linear(embedding_dim, self.internal_dim)
+        self.k_proj = nn.Linear(embedding_dim, self.internal_dim)
+        self.v_proj = nn.Linear(embedding_dim, self.internal_dim)
+        self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
+
+    def split_heads(self, x: Tensor) -> Tensor:
+        """(B, N, D) -> (B, nh, N, D/nh)."""
+        b, n, d = x.shape
+        return x.view(b, n, self.num_heads, d // self.num_heads).transpose(1, 2)  # (B, nh, N, hd)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Projected q (Bq, Nq, D), k/v (Bk, Nk, D) -> (B, Nq, embedding_dim).
+
+        Batch 1 on either side broadcasts against the other.
+        """
+        qh, kh, vh = self.split_heads(q), self.split_heads(k), self.split_heads(v)  # (B, nh, N, hd)
+        batch = max(qh.shape[0], kh.shape[0])
+        if qh.shape[0] != batch:
+            qh = qh.expand(batch, -1, -1, -1)
+        if kh.shape[0] != batch:
+            kh = kh.expand(batch, -1, -1, -1)
+            vh = vh.expand(batch, -1, -1, -1)
+        out = F.scaled_dot_product_attention(qh, kh, vh)  # (B, nh, Nq, hd)
+        b, nh, n, hd = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, nh * hd))  # (B, Nq, C)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """q (B, Nq, C), k/v (B, Nk, C) -> (B, Nq, C)."""
+        return self.attend(self.q_proj(q), self.k_proj(k), self.v_proj(v))
+
+
+@dataclass
+class ImageSideCache:
+    """Prompt-independent projections of the first two-way layer for one image.
+
+    Attributes:
+        keys: (1, N, C) flattened image embedding plus the no-mask dense embedding.
+        key_pe: (1, N, C) flattened dense positional encoding.
+        t2i_k: (1, N, D) token->image key projection of ``keys + key_pe``.
+        t2i_v: (1, N, D) token->image value projection of ``keys``.
+        i2t_q: (1, N, D) image->token query projection of ``keys + key_pe``.
+    """
+
+    keys: Tensor
+    key_pe: Tensor
+    t2i_k: Tensor
+    t2i_v: Tensor
+    i2t_q: Tensor
+
+
+class TwoWayAttentionBlock(nn.Module):
+    """Self-attention of tokens, token->image, MLP on tokens, image->token."""
+
+    def __init__(
+        self,
+        embedding_dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        attention_downsample_rate: int,
+        skip_first_layer_pe: bool,
+    ) -> None:
+        super().__init__()
+        self.self_attn = DecoderAttention(embedding_dim, num_heads)
+        self.norm1 = nn.LayerNorm(embedding_dim)
+        self.cross_attn_token_to_image = DecoderAttention(embedding_dim, num_heads, attention_downsample_rate)
+        self.norm2 = nn.LayerNorm(embedding_dim)
+        self.mlp = MLPBlock(embedding_dim, mlp_dim, nn.ReLU)
+        self.norm3 = nn.LayerNorm(embedding_dim)
+        self.norm4 = nn.LayerNorm(embedding_dim)
+        self.cross_attn_image_to_token = DecoderAttention(embedding_dim, num_heads, attention_downsample_rate)
+        self.skip_first_layer_pe = skip_first_layer_pe
+
+    def image_side(self, keys: Tensor, key_pe: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Projections that depend only on the image: (t2i_k, t2i_v, i2t_q), each (B, N, D)."""
+        keys_pe = keys + key_pe
+        t2i = self.cross_attn_token_to_image
+        return t2i.k_proj(keys_pe), t2i.v_proj(keys), self.cross_attn_image_to_token.q_proj(keys_pe)
+
+    def forward(
+        self,
+        queries: Tensor,
+        keys: Tensor,
+        query_pe: Tensor,
+        key_pe: Tensor,
+        image_side: tuple[Tensor, Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """One two-way layer.
+
+        Args:
+            queries: (B, T, C) tokens.
+            keys: (B or 1, N, C) image tokens.
+            query_pe: (B, T, C) token positional encoding (the original prompt tokens).
+            key_pe: (1, N, C) image positional encoding.
+            image_side: precomputed :meth:`image_side` projections for ``keys``.
+
+        Returns:
+            updated queries (B, T, C) and keys (B, N, C).
+        """
+        if self.skip_first_layer_pe:
+            queries = self.self_attn(queries, queries, queries)
+        else:
+            q = queries + query_pe
+            queries = queries + self.self_attn(q, q, queries)
+        queries = self.norm1(queries)
+
+        if image_side is None:
+            image_side = self.image_side(keys, key_pe)
+        t2i_k, t2i_v, i2t_q = image_side
+        t2i = self.cross_attn_token_to_image
+        q = queries + query_pe
+        queries = self.norm2(queries + t2i.attend(t2i.q_proj(q), t2i_k, t2i_v))
+
+        queries = self.norm3(queries + self.mlp(queries))
+
+        i2t = self.cross_attn_image_to_token
+        q = queries + query_pe
+        keys = self.norm4(keys + i2t.attend(i2t_q, i2t.k_proj(q), i2t.v_proj(queries)))
+        return queries, keys
+
+
+class TwoWayTransformer(nn.Module):
+    """Stack of :class:`TwoWayAttentionBlock` plus a final token->image attention."""
+
+    def __init__(
+        self,
+        depth: int,
+        embedding_dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        attention_downsample_rate: int = 2,
+    ) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            TwoWayAttentionBlock(
+                embedding_dim,
+                num_heads,
+                mlp_dim,
+                attention_downsample_rate,
+                skip_first_layer_pe=(i == 0),
+            )
+            for i in range(depth)
+        )
+        self.final_attn_token_to_image = DecoderAttention(embedding_dim, num_heads, attention_downsample_rate)
+        self.norm_final_attn = nn.LayerNorm(embedding_dim)
+
+    def prepare_image(self, image_embedding: Tensor, image_pe: Tensor) -> ImageSideCache:
+        """Precompute the first layer's image-side projections.
+
+        Args:
+            image_embedding: (1, C, h, w) image embedding with the dense prompt embedding added.
+            image_pe: (1, C, h, w) positional encoding.
+        """
+        keys = image_embedding.flatten(2).transpose(1, 2)  # (1, N, C)
+        key_pe = image_pe.flatten(2).transpose(1, 2)  # (1, N, C)
+        t2i_k, t2i_v, i2t_q = self.layers[0].image_side(keys, key_pe)
+        return ImageSideCache(keys=keys, key_pe=key_pe, t2i_k=t2i_k, t2i_v=t2i_v, i2t_q=i2t_q)
+
+    def forward(
+        self,
+        image_embedding: Tensor | None,
+        image_pe: Tensor | None,
+        point_embedding: Tensor,
+        cache: ImageSideCache | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Run the transformer.
+
+        Args:
+            image_embedding: (B or 1, C, h, w), unused when ``cache`` is given.
+            image_pe: (1, C, h, w), unused when ``cache`` is given.
+            point_embedding: (B, T, C) tokens.
+            cache: from :meth:`prepare_image`.
+
+        Returns:
+            tokens (B, T, C) and image tokens (B, h*w, C).
+        """
+        if cache is not None:
+            keys, key_pe = cache.keys, cache.key_pe
+            first_side: tuple[Tensor, Tensor, Tensor] | None = (cache.t2i_k, cache.t2i_v, cache.i2t_q)
+        else:
+            assert image_embedding is not None and image_pe is not None
+            keys = image_embedding.flatten(2).transpose(1, 2)  # (B, N, C)
+            key_pe = image_pe.flatten(2).transpose(1, 2)  # (1, N, C)
+            first_side = None
+        queries = point_embedding
+        for i, layer in enumerate(self.layers):
+            queries, keys = layer(queries, keys, point_embedding, key_pe, first_side if i == 0 else None)
+        final = self.final_attn_token_to_image
+        q = queries + point_embedding
+        queries = self.norm_final_attn(queries + final(q, keys + key_pe, keys))
+        if keys.shape[0] != queries.shape[0]:  # depth 0 with a shared image: give every prompt its copy
+            keys = keys.expand(queries.shape[0], -1, -1)
+        return queries, keys
