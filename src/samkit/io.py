@@ -87,7 +87,7 @@ def _pil_to_array(image: Image.Image) -> np.ndarray:
         return np.clip(values, 0, 65535).astype(np.uint16)
     if mode in ("1", "L", "F"):
         return np.asarray(image)
-    if mode == "LA":
+    if mode in ("LA", "La"):
         return np.asarray(image.getchannel("L"))
     if mode in ("P", "PA"):
         return np.asarray(image.convert("RGBA"))[..., :3]

@@ -27,6 +27,7 @@ __all__ = [
     "map_boxes_torch",
     "postprocess_masks",
     "resize_axis_weights",
+    "ResizeLongestSide",
 ]
 
 
@@ -203,3 +204,34 @@ def postprocess_masks(
         x, torch.from_numpy(idx_h).to(device), torch.from_numpy(w_h).to(device=device, dtype=x.dtype)
     )  # (B, M, H, W)
     return x
+
+
+class ResizeLongestSide:
+    """Object form of the resize/coordinate functions (the official ``predictor.transform``).
+
+    Args:
+        target_length: longest side after resizing (1024).
+    """
+
+    def __init__(self, target_length: int) -> None:
+        self.target_length = target_length
+
+    def apply_image(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 -> resized (h, w, 3) uint8."""
+        return resize_longest_side(image, self.target_length)
+
+    def apply_coords(self, coords: np.ndarray, original_size: tuple[int, ...]) -> np.ndarray:
+        """(..., 2) original-pixel coordinates -> resized-image coordinates (float32)."""
+        return map_coords(coords, (int(original_size[0]), int(original_size[1])), self.target_length)
+
+    def apply_boxes(self, boxes: np.ndarray, original_size: tuple[int, ...]) -> np.ndarray:
+        """(..., 4) original-pixel boxes -> resized-image boxes (float32)."""
+        return map_boxes(boxes, (int(original_size[0]), int(original_size[1])), self.target_length)
+
+    def apply_coords_torch(self, coords: Tensor, original_size: tuple[int, ...]) -> Tensor:
+        """Torch version of :meth:`apply_coords`."""
+        return map_coords_torch(coords, (int(original_size[0]), int(original_size[1])), self.target_length)
+
+    def apply_boxes_torch(self, boxes: Tensor, original_size: tuple[int, ...]) -> Tensor:
+        """Torch version of :meth:`apply_boxes`."""
+        return map_boxes_torch(boxes, (int(original_size[0]), int(original_size[1])), self.target_length)

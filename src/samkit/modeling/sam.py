@@ -82,8 +82,9 @@ class Sam(nn.Module):
         """Prompt-independent decoder work for one (1, 256, h, w) image embedding."""
         pe = self.prompt_encoder
         h, w = pe.image_embedding_size
-        no_mask = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, h, w)
-        return self.mask_decoder.prepare_image(image_embeddings, pe.get_dense_pe(), no_mask)
+        dtype = self.dtype
+        no_mask = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, h, w).to(dtype)
+        return self.mask_decoder.prepare_image(image_embeddings.to(dtype), pe.get_dense_pe().to(dtype), no_mask)
 
     def decode(
         self,
@@ -119,7 +120,7 @@ class Sam(nn.Module):
         if boxes is not None:
             boxes = boxes.to(device=self.device, dtype=torch.float32)
         if mask_input is not None:
-            mask_input = mask_input.to(device=self.device, dtype=dtype)
+            mask_input = mask_input.to(device=self.device, dtype=torch.float32)
         sparse, dense = self.prompt_encoder(points, boxes, mask_input)
         use_cache = cache if mask_input is None else None
         low_res, iou = self.mask_decoder(

@@ -1,0 +1,305 @@
+"""``SamPredictor``: encode an image once, then decode any number of prompts.
+
+The surface follows the official predictor (``set_image``, ``predict``,
+``predict_torch``, ``get_image_embedding``, ``reset_image``) so existing code works
+unchanged; on top of it: several boxes in one numpy ``predict``, saving and
+loading embeddings, and input validation with readable errors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .io import to_rgb_uint8
+from .modeling import ImageSideCache, Sam
+from .prompts import as_boxes, as_labels, as_mask_input, as_points
+from .transforms import ResizeLongestSide, map_boxes, map_coords, postprocess_masks
+
+__all__ = ["SamPredictor"]
+
+logger = logging.getLogger(__name__)
+
+_EMBEDDING_FORMAT = "samkit-embedding-v1"
+
+
+class SamPredictor:
+    """Prompted mask prediction on one image at a time.
+
+    Args:
+        sam_model: a :class:`samkit.modeling.Sam` (see :func:`samkit.build_sam`).
+    """
+
+    def __init__(self, sam_model: Sam) -> None:
+        if not isinstance(sam_model, Sam):
+            raise TypeError(f"sam_model: expected a samkit Sam model, got {type(sam_model).__name__}")
+        self.model = sam_model
+        self.transform = ResizeLongestSide(sam_model.img_size)
+        self.reset_image()
+
+    # ------------------------------------------------------------------ image
+    @property
+    def device(self) -> torch.device:
+        """Device of the model."""
+        return self.model.device
+
+    def reset_image(self) -> None:
+        """Forget the current image and its embedding."""
+        self.is_image_set = False
+        self.features: Tensor | None = None
+        self.original_size: tuple[int, int] | None = None
+        self.input_size: tuple[int, int] | None = None
+        self._cache: ImageSideCache | None = None
+
+    def set_image(self, image: np.ndarray | Image.Image, image_format: str = "RGB") -> None:
+        """Encode an image; prompts given later refer to its pixels.
+
+        Args:
+            image: (H, W, 3) uint8 array in ``image_format`` order, or any array/PIL image that
+                :func:`samkit.io.to_rgb_uint8` accepts (grayscale, RGBA, 16-bit, float in [0, 1]).
+            image_format: "RGB" or "BGR" channel order of a 3-channel array.
+        """
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format: expected 'RGB' or 'BGR', got {image_format!r}")
+        array = to_rgb_uint8(image)
+        if image_format != self.model.image_format and isinstance(image, np.ndarray):
+            array = np.ascontiguousarray(array[..., ::-1])
+        resized = self.transform.apply_image(array)  # (h, w, 3) uint8
+        tensor = torch.from_numpy(np.array(resized)).permute(2, 0, 1).unsqueeze(0).to(self.device)  # (1, 3, h, w)
+        self.set_torch_image(tensor, (int(array.shape[0]), int(array.shape[1])))
+
+    @torch.inference_mode()
+    def set_torch_image(self, transformed_image: Tensor, original_image_size: tuple[int, ...]) -> None:
+        """Encode an image that is already resized (longest side = ``img_size``).
+
+        Args:
+            transformed_image: (1, 3, h, w) pixel values 0..255.
+            original_image_size: (H, W) of the image before resizing.
+        """
+        if not isinstance(transformed_image, Tensor):
+            raise TypeError("transformed_image: expected a torch.Tensor of shape (1, 3, h, w)")
+        s = self.model.img_size
+        if (
+            transformed_image.ndim != 4
+            or transformed_image.shape[:2] != (1, 3)
+            or max(transformed_image.shape[2:]) != s
+        ):
+            raise ValueError(
+                f"transformed_image: expected shape (1, 3, h, w) with longest side {s}, "
+                f"got {tuple(transformed_image.shape)}"
+            )
+        self.reset_image()
+        self.original_size = (int(original_image_size[0]), int(original_image_size[1]))
+        self.input_size = (int(transformed_image.shape[-2]), int(transformed_image.shape[-1]))
+        images = self.model.preprocess(transformed_image.to(self.device))
+        self.features = self.model.encode_image(images)
+        self._cache = self.model.decoder_cache(self.features)
+        self.is_image_set = True
+
+    def get_image_embedding(self) -> Tensor:
+        """The (1, 256, 64, 64) embedding of the current image."""
+        self._require_image()
+        assert self.features is not None
+        return self.features
+
+    def save_embedding(self, path: str | os.PathLike[str]) -> None:
+        """Save the current embedding (safetensors, no pickle) to reuse it without re-encoding."""
+        from safetensors.torch import save
+
+        from .io import atomic_write_bytes
+
+        self._require_image()
+        assert self.features is not None
+        meta = {
+            "format": _EMBEDDING_FORMAT,
+            "model": self.model.config.name,
+            "original_size": json.dumps(self.original_size),
+            "input_size": json.dumps(self.input_size),
+        }
+        atomic_write_bytes(path, save({"features": self.features.float().cpu().contiguous()}, metadata=meta))
+
+    def load_embedding(self, path: str | os.PathLike[str]) -> None:
+        """Load an embedding written by :meth:`save_embedding`; then predict as after ``set_image``."""
+        from safetensors import safe_open
+
+        try:
+            with safe_open(os.fspath(path), framework="pt") as handle:
+                meta = handle.metadata() or {}
+                features = handle.get_tensor("features")
+        except FileNotFoundError:
+            raise FileNotFoundError(f"embedding file not found: {path}") from None
+        except Exception as exc:
+            raise ValueError(f"cannot read embedding {path}: {exc}") from exc
+        if meta.get("format") != _EMBEDDING_FORMAT:
+            raise ValueError(f"{path}: not a samkit embedding file")
+        if meta.get("model") != self.model.config.name:
+            raise ValueError(
+                f"{path}: embedding was computed by model {meta.get('model')!r}, this predictor uses "
+                f"{self.model.config.name!r}"
+            )
+        grid = self.model.prompt_encoder.image_embedding_size
+        if features.ndim != 4 or tuple(features.shape[-2:]) != grid:
+            raise ValueError(f"{path}: embedding has shape {tuple(features.shape)}, expected (1, 256, {grid[0]}, {grid[1]})")
+        self.reset_image()
+        self.original_size = tuple(json.loads(meta["original_size"]))  # type: ignore[assignment]
+        self.input_size = tuple(json.loads(meta["input_size"]))  # type: ignore[assignment]
+        with torch.inference_mode():
+            self.features = features.to(device=self.device, dtype=self.model.dtype)
+            self._cache = self.model.decoder_cache(self.features)
+        self.is_image_set = True
+
+    def _require_image(self) -> None:
+        if not self.is_image_set:
+            raise RuntimeError("no image is set: call set_image(image) before predict / get_image_embedding")
+
+    # ---------------------------------------------------------------- prompts
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Predict masks for prompts given in original-image pixels.
+
+        Args:
+            point_coords: (N, 2) x, y points.
+            point_labels: (N,) 1 = foreground, 0 = background.
+            box: (4,) x0, y0, x1, y1; or (B, 4) for B boxes (the points and mask_input, if given,
+                apply to each box).
+            mask_input: (1, 256, 256) low-res logits from a previous call.
+            multimask_output: 3 candidate masks instead of 1.
+            return_logits: return mask logits instead of booleans.
+
+        Returns:
+            masks (C, H, W), scores (C,), low_res_logits (C, 256, 256); with B > 1 boxes each gets a
+            leading B axis: (B, C, H, W), (B, C), (B, C, 256, 256). (A (1, 4) box returns the
+            unbatched shapes, as the official predictor does.)
+        """
+        self._require_image()
+        assert self.original_size is not None
+        coords_t = labels_t = boxes_t = mask_t = None
+        batch = 1
+        if point_coords is not None:
+            points = as_points(point_coords)
+            labels = as_labels(point_labels, points.shape[0])
+            coords_t = torch.from_numpy(map_coords(points, self.original_size, self.model.img_size))[None]  # (1, N, 2)
+            labels_t = torch.from_numpy(labels)[None]  # (1, N)
+        elif point_labels is not None:
+            raise ValueError("point_labels: given without point_coords")
+        if box is not None:
+            boxes = as_boxes(box)
+            batch = boxes.shape[0]
+            boxes_t = torch.from_numpy(map_boxes(boxes, self.original_size, self.model.img_size))  # (B, 4)
+        if mask_input is not None:
+            mask = as_mask_input(mask_input, self.model.prompt_encoder.mask_input_size)
+            mask_t = torch.from_numpy(mask)[None]  # (1, 1, 256, 256)
+        if batch > 1:
+            if coords_t is not None and labels_t is not None:
+                coords_t = coords_t.expand(batch, -1, -1)
+                labels_t = labels_t.expand(batch, -1)
+            if mask_t is not None:
+                mask_t = mask_t.expand(batch, -1, -1, -1)
+        masks, scores, low_res = self.predict_torch(
+            coords_t, labels_t, boxes_t, mask_t, multimask_output=multimask_output, return_logits=return_logits
+        )
+        masks_np, scores_np, low_np = masks.cpu().numpy(), scores.cpu().numpy(), low_res.cpu().numpy()
+        if batch == 1:
+            return masks_np[0], scores_np[0], low_np[0]
+        return masks_np, scores_np, low_np
+
+    @torch.inference_mode()
+    def predict_torch(
+        self,
+        point_coords: Tensor | None,
+        point_labels: Tensor | None,
+        boxes: Tensor | None = None,
+        mask_input: Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Predict masks for a batch of prompts already mapped to the resized image.
+
+        Map original-pixel prompts with ``predictor.transform.apply_coords_torch`` /
+        ``apply_boxes_torch`` first.
+
+        Args:
+            point_coords: (B, N, 2) float.
+            point_labels: (B, N) int in {0, 1} (-1 marks padding points).
+            boxes: (B, 4) float.
+            mask_input: (B, 1, 256, 256) logits.
+            multimask_output: 3 masks per prompt instead of 1.
+            return_logits: logits instead of booleans.
+
+        Returns:
+            masks (B, C, H, W), iou predictions (B, C), low-res logits (B, C, 256, 256).
+        """
+        self._require_image()
+        assert self.features is not None and self.original_size is not None and self.input_size is not None
+        _check_torch_prompts(point_coords, point_labels, boxes, mask_input)
+        if point_coords is None and boxes is None and mask_input is None:
+            logger.debug("predict without prompts: decoding the 'no prompt' token only")
+        low_res, iou = self.model.decode(
+            self.features,
+            point_coords,
+            point_labels,
+            boxes,
+            mask_input,
+            multimask_output=multimask_output,
+            cache=self._cache,
+        )
+        logits = postprocess_masks(low_res, self.input_size, self.original_size, self.model.img_size)
+        masks = logits if return_logits else logits > self.model.mask_threshold
+        return masks, iou, low_res
+
+
+def _check_torch_prompts(
+    point_coords: Tensor | None, point_labels: Tensor | None, boxes: Tensor | None, mask_input: Tensor | None
+) -> None:
+    """Shape checks for :meth:`SamPredictor.predict_torch`, naming the argument at fault."""
+    batch: dict[str, int] = {}
+
+    def tensor(name: str, value: Any) -> Tensor:
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise ValueError(f"{name}: contains NaN or infinite values")
+        return value
+
+    if point_coords is not None:
+        coords = tensor("point_coords", point_coords)
+        if coords.ndim != 3 or coords.shape[-1] != 2:
+            raise ValueError(f"point_coords: expected shape (B, N, 2), got {tuple(coords.shape)}")
+        if point_labels is None:
+            raise ValueError("point_labels: required when point_coords is given")
+        labels = tensor("point_labels", point_labels)
+        if labels.shape != coords.shape[:2]:
+            raise ValueError(
+                f"point_labels: expected shape {tuple(coords.shape[:2])} to match point_coords, got {tuple(labels.shape)}"
+            )
+        if ((labels < -1) | (labels > 3)).any():
+            raise ValueError("point_labels: labels must be 1 (foreground), 0 (background) or -1 (padding)")
+        batch["point_coords"] = coords.shape[0]
+    if boxes is not None:
+        b = tensor("boxes", boxes)
+        if b.ndim != 2 or b.shape[-1] != 4:
+            raise ValueError(f"boxes: expected shape (B, 4), got {tuple(b.shape)}")
+        if ((b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1])).any():
+            raise ValueError("boxes: every box must have x0 <= x1 and y0 <= y1")
+        batch["boxes"] = b.shape[0]
+    if mask_input is not None:
+        m = tensor("mask_input", mask_input)
+        if m.ndim != 4 or m.shape[1] != 1:
+            raise ValueError(f"mask_input: expected shape (B, 1, 256, 256), got {tuple(m.shape)}")
+        batch["mask_input"] = m.shape[0]
+    if len(set(batch.values())) > 1:
+        raise ValueError(f"prompt batch sizes differ: {batch}")
