@@ -1,0 +1,583 @@
+"""Side-by-side benchmark of samkit against a reference implementation.
+
+The reference side comes from a *baselines* module (``bench/baselines.py`` in the
+repository) loaded by path, so that samkit itself never imports the official code.
+Both sides get the same perturbed weights; each row runs them alternately (warm-up,
+then ``rounds`` rounds), reports medians and the ratio reference/samkit, and checks
+that the outputs agree in the same run, so a fast wrong result cannot pass.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import json
+import logging
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BenchRow", "ROWS", "run_benchmark", "format_table", "load_baselines", "benchmark_image"]
+
+
+@dataclass
+class BenchRow:
+    """One line of the benchmark table."""
+
+    name: str
+    baseline: str
+    baseline_s: float | None
+    samkit_s: float | None
+    ratio: float | None = None
+    baseline_peak_mb: float | None = None
+    samkit_peak_mb: float | None = None
+    memory_ratio: float | None = None
+    check: str = ""
+    ok: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.ratio is None and self.baseline_s and self.samkit_s:
+            self.ratio = self.baseline_s / self.samkit_s
+        if self.memory_ratio is None and self.baseline_peak_mb and self.samkit_peak_mb:
+            self.memory_ratio = self.samkit_peak_mb / self.baseline_peak_mb
+
+
+# ----------------------------------------------------------------- utilities
+def load_baselines(path: str | os.PathLike[str] | None = None) -> ModuleType:
+    """Load the reference-implementation adapters (``bench/baselines.py``) by path."""
+    candidates = [Path(path)] if path else [Path.cwd() / "bench" / "baselines.py"]
+    if not path:
+        candidates.append(Path(__file__).resolve().parents[2] / "bench" / "baselines.py")
+    for candidate in candidates:
+        if candidate.is_file():
+            spec = importlib.util.spec_from_file_location("samkit_bench_baselines", candidate)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module
+    raise FileNotFoundError(
+        "bench/baselines.py not found: run `samkit bench` from the samkit repository checkout "
+        "or pass --baselines PATH"
+    )
+
+
+def benchmark_image(height: int = 546, width: int = 967, seed: int = 0) -> np.ndarray:
+    """A deterministic structured test image (gradients, shapes, texture): (H, W, 3) uint8."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    image = np.stack([xx / width * 160, yy / height * 160, (xx + yy) / (width + height) * 120], axis=-1)
+    for _ in range(12):
+        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+        rx, ry = rng.uniform(20, width / 5), rng.uniform(20, height / 5)
+        colour = rng.uniform(0, 255, size=3)
+        inside = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
+        image[inside] = colour
+    image += rng.normal(0, 6, size=image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def benchmark_prompts(height: int, width: int) -> list[dict[str, np.ndarray]]:
+    """Point and box prompts spread over the image (for output checks)."""
+    prompts: list[dict[str, np.ndarray]] = []
+    for fy in (0.2, 0.4, 0.6, 0.8):
+        for fx in (0.2, 0.4, 0.6, 0.8):
+            prompts.append({"point_coords": np.array([[fx * width, fy * height]]), "point_labels": np.array([1])})
+    for x0, y0, x1, y1 in ((0.1, 0.1, 0.5, 0.6), (0.4, 0.3, 0.9, 0.9), (0.2, 0.5, 0.6, 0.95), (0.05, 0.05, 0.95, 0.95)):
+        prompts.append({"box": np.array([x0 * width, y0 * height, x1 * width, y1 * height])})
+    return prompts
+
+
+def _rss_mb() -> float | None:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+@contextmanager
+def peak_memory() -> Iterator[dict[str, float | None]]:
+    """Peak resident memory growth (MB) of the block, via Linux's resettable VmHWM.
+
+    On CUDA the peak of allocated device memory is reported instead.
+    """
+    result: dict[str, float | None] = {"peak_mb": None}
+    gc.collect()
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() / 2**20
+    else:
+        base = _rss_mb()
+        try:
+            with open("/proc/self/clear_refs", "w") as handle:
+                handle.write("5")  # reset the peak-RSS counter
+        except OSError:
+            base = None
+    yield result
+    if cuda:
+        torch.cuda.synchronize()
+        result["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20 - base
+        return
+    if base is None:
+        return
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    result["peak_mb"] = int(line.split()[1]) / 1024 - base
+    except OSError:
+        pass
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def time_alternating(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds of each function, run alternately ``warmup`` + ``rounds`` times."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(warmup + rounds):
+        for name, fn in fns.items():
+            _sync()
+            start = time.perf_counter()
+            fn()
+            _sync()
+            if r >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two boolean masks (1.0 when both are empty)."""
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def _agreement(logits_a: np.ndarray, logits_b: np.ndarray, tol: float = 1e-3) -> tuple[int, float]:
+    """(pixels whose sign differs where |logit| >= tol, max |difference|)."""
+    differ = (logits_a > 0) != (logits_b > 0)
+    strong = differ & (np.abs(logits_a) >= tol)
+    return int(strong.sum()), float(np.abs(logits_a - logits_b).max())
+
+
+# ----------------------------------------------------------------- context
+class BenchContext:
+    """Models and predictors shared by the rows (built lazily, released on demand)."""
+
+    def __init__(self, baselines: ModuleType, workdir: Path, rounds: int, device: str) -> None:
+        self.baselines = baselines
+        self.workdir = workdir
+        self.rounds = rounds
+        self.device = device
+        self.image = benchmark_image()
+        self._checkpoints: dict[str, str] = {}
+        self._cache: dict[str, Any] = {}
+
+    def checkpoint(self, variant: str) -> str:
+        if variant not in self._checkpoints:
+            path = self.workdir / f"{variant}_perturbed.pth"
+            logger.info("writing perturbed %s checkpoint", variant)
+            self._checkpoints[variant] = self.baselines.make_checkpoint(variant, path, seed=0)
+        return self._checkpoints[variant]
+
+    def get(self, key: str, factory: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = factory()
+        return self._cache[key]
+
+    def drop(self, *prefixes: str) -> None:
+        for key in [k for k in self._cache if k.startswith(prefixes)]:
+            del self._cache[key]
+        gc.collect()
+
+    def official(self, variant: str, dtype: torch.dtype = torch.float32) -> Any:
+        def make() -> Any:
+            model = self.baselines.build_model(variant, self.checkpoint(variant)).to(self.device)
+            if dtype != torch.float32:
+                model = model.to(dtype)
+            return self.baselines.predictor(model, variant)
+
+        return self.get(f"official:{variant}:{dtype}", make)
+
+    def samkit(self, variant: str, dtype: torch.dtype = torch.float32) -> Any:
+        from .build import build_sam
+        from .predictor import SamPredictor
+
+        return self.get(
+            f"samkit:{variant}:{dtype}",
+            lambda: SamPredictor(build_sam(variant, self.checkpoint(variant), device=self.device, dtype=dtype)),
+        )
+
+
+# ----------------------------------------------------------------- rows
+def row_set_image(ctx: BenchContext, variant: str = "vit_b") -> list[BenchRow]:
+    """set_image: official fp32, samkit fp32, samkit bf16, official cast to bf16."""
+    off = ctx.official(variant)
+    ours = ctx.samkit(variant)
+    ours_bf16 = ctx.samkit(variant, torch.bfloat16)
+    off_bf16 = ctx.official(variant, torch.bfloat16)
+    image = ctx.image
+    medians = time_alternating(
+        {
+            "official": lambda: off.set_image(image),
+            "samkit": lambda: ours.set_image(image),
+            "samkit_bf16": lambda: ours_bf16.set_image(image),
+            "official_bf16": lambda: off_bf16.set_image(image),
+        },
+        ctx.rounds,
+    )
+    emb_off = off.features.float()
+    emb_diff = float((emb_off - ours.features.float()).abs().max())
+    emb_scale = float(emb_off.abs().max())
+    fp32_ok = emb_diff <= 1e-4 * max(1.0, emb_scale)
+
+    ious: list[float] = []
+    for prompt in benchmark_prompts(*image.shape[:2]):
+        m32, _, _ = ours.predict(multimask_output=True, **prompt)
+        m16, _, _ = ours_bf16.predict(multimask_output=True, **prompt)
+        ious.extend(mask_iou(a, b) for a, b in zip(m32, m16))
+    mean_iou = float(np.mean(ious))
+    rows = [
+        BenchRow(
+            f"set_image {variant} fp32",
+            "official fp32",
+            medians["official"],
+            medians["samkit"],
+            check=f"embedding max|diff| {emb_diff:.1e} (scale {emb_scale:.2f})",
+            ok=fp32_ok,
+        ),
+        BenchRow(
+            f"set_image {variant} bf16 (fast mode)",
+            "official fp32",
+            medians["official"],
+            medians["samkit_bf16"],
+            check=f"mask IoU vs samkit fp32: mean {mean_iou:.4f} over {len(ious)} masks",
+            ok=mean_iou >= 0.99,
+            extra={"mean_mask_iou_vs_fp32": mean_iou},
+        ),
+        BenchRow(
+            f"set_image {variant} bf16 vs official bf16",
+            "official cast to bf16",
+            medians["official_bf16"],
+            medians["samkit_bf16"],
+            check="same weights, both bf16",
+        ),
+    ]
+    ctx.drop("official:" + variant + ":torch.bfloat16")
+    return rows
+
+
+def row_predict(ctx: BenchContext, variant: str = "vit_b") -> list[BenchRow]:
+    """predict with one point (multimask) and predict_torch with 64 point prompts."""
+    off = ctx.official(variant)
+    ours = ctx.samkit(variant)
+    image = ctx.image
+    if not ours.is_image_set:
+        ours.set_image(image)
+    if not off.is_image_set:
+        off.set_image(image)
+    h, w = image.shape[:2]
+    point = {"point_coords": np.array([[w * 0.45, h * 0.55]]), "point_labels": np.array([1])}
+    medians = time_alternating(
+        {"official": lambda: off.predict(**point), "samkit": lambda: ours.predict(**point)},
+        max(ctx.rounds * 10, 20),
+        warmup=3,
+    )
+    lo, so, _ = off.predict(return_logits=True, **point)
+    ls, ss, _ = ours.predict(return_logits=True, **point)
+    strong, diff = _agreement(lo, ls)
+    rows = [
+        BenchRow(
+            f"predict {variant} 1 point, multimask, {w}x{h}",
+            "official",
+            medians["official"],
+            medians["samkit"],
+            check=f"logits max|diff| {diff:.1e}, {strong} mask pixels differ beyond |logit|>=1e-3",
+            ok=strong == 0,
+        )
+    ]
+    rng = np.random.default_rng(1)
+    pts = np.stack([rng.uniform(0, w, 64), rng.uniform(0, h, 64)], axis=-1)[:, None, :]  # (64, 1, 2)
+    coords_off = off.transform.apply_coords_torch(torch.as_tensor(pts, dtype=torch.float), (h, w)).to(ctx.device)
+    coords_ours = ours.transform.apply_coords_torch(torch.as_tensor(pts, dtype=torch.float), (h, w)).to(ctx.device)
+    labels = torch.ones(64, 1, dtype=torch.int64, device=ctx.device)
+    medians = time_alternating(
+        {
+            "official": lambda: off.predict_torch(coords_off, labels, multimask_output=True),
+            "samkit": lambda: ours.predict_torch(coords_ours, labels, multimask_output=True),
+        },
+        ctx.rounds,
+    )
+    with torch.inference_mode():
+        lo_t = off.predict_torch(coords_off, labels, multimask_output=True, return_logits=True)[0].cpu().numpy()
+        ls_t = ours.predict_torch(coords_ours, labels, multimask_output=True, return_logits=True)[0].cpu().numpy()
+    strong, diff = _agreement(lo_t, ls_t)
+    rows.append(
+        BenchRow(
+            f"predict_torch {variant} 64 point prompts",
+            "official predict_torch",
+            medians["official"],
+            medians["samkit"],
+            check=f"logits max|diff| {diff:.1e}, {strong} mask pixels differ beyond |logit|>=1e-3",
+            ok=strong == 0,
+        )
+    )
+    return rows
+
+
+def row_memory(ctx: BenchContext, variant: str = "vit_h") -> list[BenchRow]:
+    """Peak memory (and time) of one set_image with the big model, fp32."""
+    ctx.drop("official:", "samkit:")
+    image = ctx.image
+    results: dict[str, tuple[float, float | None, torch.Tensor]] = {}
+    for side in ("official", "samkit"):
+        predictor = ctx.official(variant) if side == "official" else ctx.samkit(variant)
+        with peak_memory() as peak:
+            start = time.perf_counter()
+            predictor.set_image(image)
+            _sync()
+            seconds = time.perf_counter() - start
+        results[side] = (seconds, peak["peak_mb"], predictor.features.float().cpu())
+        ctx.drop(side + ":")
+    diff = float((results["official"][2] - results["samkit"][2]).abs().max())
+    scale = float(results["official"][2].abs().max())
+    return [
+        BenchRow(
+            f"set_image {variant} fp32 (peak memory)",
+            "official fp32",
+            results["official"][0],
+            results["samkit"][0],
+            baseline_peak_mb=results["official"][1],
+            samkit_peak_mb=results["samkit"][1],
+            check=f"embedding max|diff| {diff:.1e} (scale {scale:.2f}); one round",
+            ok=diff <= 1e-4 * max(1.0, scale),
+        )
+    ]
+
+
+def row_everything(ctx: BenchContext, variant: str = "vit_b") -> list[BenchRow]:
+    """Segment everything with the default settings (one round: the official takes minutes)."""
+    from .everything import SamAutomaticMaskGenerator
+
+    off_model = ctx.official(variant).model
+    ours_model = ctx.samkit(variant).model
+    image = ctx.image
+    off_gen = ctx.baselines.mask_generator(off_model)
+    ours_gen = SamAutomaticMaskGenerator(ours_model)
+    start = time.perf_counter()
+    off_masks = off_gen.generate(image)
+    t_off = time.perf_counter() - start
+    start = time.perf_counter()
+    ours_masks = ours_gen.generate(image)
+    t_ours = time.perf_counter() - start
+    matched = _match_records(off_masks, ours_masks)
+    rows = [
+        BenchRow(
+            f"everything {variant} defaults, {image.shape[1]}x{image.shape[0]}",
+            "official generator",
+            t_off,
+            t_ours,
+            check=f"{len(off_masks)} vs {len(ours_masks)} masks, {matched} matched with IoU>=0.99; one round",
+            ok=len(off_masks) == len(ours_masks) == matched,
+        )
+    ]
+    ours_bf16 = ctx.samkit(variant, torch.bfloat16).model
+    start = time.perf_counter()
+    bf16_masks = SamAutomaticMaskGenerator(ours_bf16).generate(image)
+    t_bf16 = time.perf_counter() - start
+    rows.append(
+        BenchRow(
+            f"everything {variant} defaults, bf16",
+            "official generator fp32",
+            t_off,
+            t_bf16,
+            check=f"{len(bf16_masks)} masks (fp32: {len(ours_masks)}), {_match_records(ours_masks, bf16_masks, 0.9)} "
+            "matched to fp32 with IoU>=0.9",
+        )
+    )
+    return rows
+
+
+def _match_records(a: list[dict[str, Any]], b: list[dict[str, Any]], threshold: float = 0.99) -> int:
+    """Greedy one-to-one matching of mask records by IoU; returns the number matched."""
+    used: set[int] = set()
+    matched = 0
+    for rec in a:
+        best, best_j = 0.0, -1
+        for j, other in enumerate(b):
+            if j in used:
+                continue
+            iou = mask_iou(np.asarray(rec["segmentation"]), np.asarray(other["segmentation"]))
+            if iou > best:
+                best, best_j = iou, j
+        if best >= threshold:
+            used.add(best_j)
+            matched += 1
+    return matched
+
+
+def row_vit_t(ctx: BenchContext) -> list[BenchRow]:
+    """MobileSAM (vit_t) set_image and predict against the reference MobileSAM code."""
+    if not ctx.baselines.mobilesam_available():
+        return [BenchRow("vit_t", "reference MobileSAM", None, None, check="mobile_sam not installed", ok=False)]
+    rows = []
+    off = ctx.official("vit_t")
+    ours = ctx.samkit("vit_t")
+    image = ctx.image
+    medians = time_alternating({"official": lambda: off.set_image(image), "samkit": lambda: ours.set_image(image)}, ctx.rounds)
+    diff = float((off.features.float() - ours.features.float()).abs().max())
+    rows.append(BenchRow("set_image vit_t fp32", "reference MobileSAM", medians["official"], medians["samkit"],
+                         check=f"embedding max|diff| {diff:.1e}", ok=diff <= 1e-3))
+    h, w = image.shape[:2]
+    point = {"point_coords": np.array([[w * 0.45, h * 0.55]]), "point_labels": np.array([1])}
+    medians = time_alternating({"official": lambda: off.predict(**point), "samkit": lambda: ours.predict(**point)},
+                               max(ctx.rounds * 10, 20), warmup=3)
+    lo, _, _ = off.predict(return_logits=True, **point)
+    ls, _, _ = ours.predict(return_logits=True, **point)
+    strong, d = _agreement(lo, ls)
+    rows.append(BenchRow("predict vit_t 1 point, multimask", "reference MobileSAM", medians["official"], medians["samkit"],
+                         check=f"logits max|diff| {d:.1e}, {strong} pixels differ", ok=strong == 0))
+    ctx.drop("official:vit_t", "samkit:vit_t")
+    return rows
+
+
+def row_onnx(ctx: BenchContext, variant: str = "vit_b") -> list[BenchRow]:
+    """ONNX Runtime encoder and predict latency (fp32 and int8) against samkit torch fp32."""
+    try:
+        from .onnx import OnnxPredictor, export_onnx
+    except ImportError as exc:
+        return [BenchRow("onnx", "samkit torch", None, None, check=f"onnx extra not installed ({exc})", ok=False)]
+    from .build import build_sam
+
+    out = ctx.workdir / f"onnx_{variant}"
+    export_onnx(build_sam(variant, ctx.checkpoint(variant)), out, quantize="int8")
+    ours = ctx.samkit(variant)
+    image = ctx.image
+    h, w = image.shape[:2]
+    point = {"point_coords": np.array([[w * 0.45, h * 0.55]]), "point_labels": np.array([1])}
+    rows = []
+    for label, kwargs in (("fp32", {}), ("int8", {"quantized": True})):
+        ort = OnnxPredictor.from_dir(out, **kwargs)
+        medians = time_alternating({"samkit": lambda: ours.set_image(image), "ort": lambda: ort.set_image(image)}, ctx.rounds)
+        m_t, _, _ = ours.predict(**point)
+        m_o, _, _ = ort.predict(**point)
+        iou = float(np.mean([mask_iou(a, b) for a, b in zip(m_t, m_o)]))
+        rows.append(BenchRow(f"ORT {label} set_image {variant}", "samkit torch fp32", medians["samkit"], medians["ort"],
+                             check=f"mask IoU vs torch {iou:.4f}", ok=iou >= (0.999 if label == "fp32" else 0.97)))
+        medians = time_alternating({"samkit": lambda: ours.predict(**point), "ort": lambda: ort.predict(**point)},
+                                   max(ctx.rounds * 10, 20), warmup=3)
+        rows.append(BenchRow(f"ORT {label} predict {variant} 1 point", "samkit torch fp32", medians["samkit"], medians["ort"]))
+    return rows
+
+
+ROWS: dict[str, Callable[[BenchContext], list[BenchRow]]] = {
+    "set_image": row_set_image,
+    "predict": row_predict,
+    "memory": row_memory,
+    "everything": row_everything,
+    "vit_t": row_vit_t,
+    "onnx": row_onnx,
+}
+DEFAULT_ROWS = ("set_image", "predict", "memory")
+
+
+def run_benchmark(
+    rows: tuple[str, ...] = DEFAULT_ROWS,
+    *,
+    rounds: int = 3,
+    baselines: str | os.PathLike[str] | None = None,
+    device: str = "cpu",
+    on_row: Callable[[BenchRow], None] | None = None,
+) -> list[BenchRow]:
+    """Run the named rows and return their results."""
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        raise ValueError(f"unknown benchmark row {unknown[0]!r}: expected some of {', '.join(ROWS)}")
+    module = load_baselines(baselines)
+    if not module.official_available():
+        raise FileNotFoundError("the official segment-anything package is not installed: pip install -e '.[bench]'")
+    results: list[BenchRow] = []
+    with tempfile.TemporaryDirectory(prefix="samkit-bench-") as tmp:
+        ctx = BenchContext(module, Path(tmp), rounds, device)
+        for name in rows:
+            logger.info("benchmark row %s", name)
+            for row in ROWS[name](ctx):
+                results.append(row)
+                if on_row is not None:
+                    on_row(row)
+    return results
+
+
+def machine_description() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "cpu": cpu,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def _fmt(value: float | None, unit: str = "s") -> str:
+    if value is None:
+        return "-"
+    if unit == "s":
+        return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
+    return f"{value:.0f} MB"
+
+
+def format_table(rows: list[BenchRow]) -> str:
+    """Markdown table of the results."""
+    lines = [
+        "| row | baseline | baseline time | samkit time | speed-up | peak mem baseline / samkit | check |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ratio = f"{r.ratio:.2f}x" if r.ratio else "-"
+        mem = (
+            f"{_fmt(r.baseline_peak_mb, 'mb')} / {_fmt(r.samkit_peak_mb, 'mb')} ({r.memory_ratio:.2f}x)"
+            if r.memory_ratio
+            else "-"
+        )
+        status = "" if r.ok else " **FAILED**"
+        lines.append(
+            f"| {r.name} | {r.baseline} | {_fmt(r.baseline_s)} | {_fmt(r.samkit_s)} | {ratio} | {mem} | {r.check}{status} |"
+        )
+    return "\n".join(lines)
+
+
+def to_json(rows: list[BenchRow]) -> str:
+    """JSON document with the machine description and every row."""
+    return json.dumps({"machine": machine_description(), "rows": [asdict(r) for r in rows]}, indent=2)

@@ -1,0 +1,61 @@
+"""``samkit bench``: samkit against the official implementation, side by side."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``bench`` subcommand."""
+    from ..benchmark import DEFAULT_ROWS, ROWS
+
+    parser = subparsers.add_parser(
+        "bench",
+        help="benchmark samkit against the official code on the same weights",
+        description="Builds the official model and samkit's from the same perturbed weights, runs them "
+        "alternately and prints median times, speed-ups, peak memory and an output check per row. "
+        "Needs the bench extra (pip install -e '.[bench]') and bench/baselines.py from the repository.",
+    )
+    parser.add_argument(
+        "--rows",
+        default=",".join(DEFAULT_ROWS),
+        help=f"comma-separated rows to run, from: {', '.join(ROWS)} (default: {','.join(DEFAULT_ROWS)}); 'all' runs every row",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per row after one warm-up (default 3)")
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--baselines", default=None, metavar="PATH", help="reference adapters (default bench/baselines.py)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the rows, print a markdown table; exit 1 if an output check failed."""
+    import torch
+
+    from ..benchmark import ROWS, format_table, machine_description, run_benchmark, to_json
+    from ..io import atomic_write_text
+    from . import UserError
+
+    if args.rounds < 1:
+        raise UserError("--rounds must be >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = tuple(ROWS) if args.rows.strip() == "all" else tuple(r.strip() for r in args.rows.split(",") if r.strip())
+    info = machine_description()
+    print(f"machine: {info}", flush=True)
+
+    def show(row) -> None:  # type: ignore[no-untyped-def]
+        ratio = f"{row.ratio:.2f}x" if row.ratio else "-"
+        print(f"  {row.name}: baseline {row.baseline_s} s, samkit {row.samkit_s} s, {ratio}; {row.check}", flush=True)
+
+    results = run_benchmark(rows, rounds=args.rounds, baselines=args.baselines, device=args.device, on_row=show)
+    print(format_table(results))
+    if args.json:
+        atomic_write_text(args.json, to_json(results))
+    failed = [r.name for r in results if not r.ok]
+    if failed:
+        print(f"output checks failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
