@@ -166,12 +166,19 @@ def rel_pos_attention(
     rel_h, rel_w = decomposed_rel_pos_terms(q, rel_pos_h, rel_pos_w, hw)
     if query_chunk is None or n <= query_chunk:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=_bias_from_terms(rel_h, rel_w))
+    b, nh, _, _ = q.shape
+    h, w = hw
     out = torch.empty_like(q)
+    # One bias buffer reused by every chunk: fresh 100+ MB allocations cost page faults each time.
+    buffer = q.new_empty(b, nh, query_chunk, h, w)  # (B, nh, c, H, W)
     for start in range(0, n, query_chunk):
         stop = min(start + query_chunk, n)
-        bias = _bias_from_terms(rel_h[:, :, start:stop], rel_w[:, :, start:stop])  # (B, nh, c, N)
+        bias = buffer[:, :, : stop - start]
+        torch.add(
+            rel_h[:, :, start:stop, :, None], rel_w[:, :, start:stop, None, :], out=bias
+        )  # (B, nh, c, H, W)
         out[:, :, start:stop] = F.scaled_dot_product_attention(
-            q[:, :, start:stop], k, v, attn_mask=bias
+            q[:, :, start:stop], k, v, attn_mask=bias.view(b, nh, stop - start, h * w)
         )
     return out
 

@@ -17,11 +17,12 @@ class LayerNorm2d(nn.Module):
         self.weight = nn.Parameter(torch.ones(num_channels))
         self.bias = nn.Parameter(torch.zeros(num_channels))
         self.eps = eps
+        self.normalized_shape = (num_channels,)  # a Python constant: ONNX export needs it static
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
         # Normalizing in channels-last layout lets the fused layer_norm kernel do the work.
-        y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)  # (B, H, W, C)
+        y = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)  # (B, H, W, C)
         return y.permute(0, 3, 1, 2)  # (B, C, H, W)
 
 

@@ -59,8 +59,13 @@ class Sam(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        """Floating dtype of the parameters (float32 or the fast bfloat16 mode)."""
+        """Floating dtype of the mask decoder (float32, also in the bf16 fast mode on CPU)."""
         return self.mask_decoder.iou_token.weight.dtype
+
+    @property
+    def encoder_dtype(self) -> torch.dtype:
+        """Floating dtype of the image encoder (float32, or bfloat16 in the fast mode)."""
+        return next(self.image_encoder.parameters()).dtype
 
     @property
     def img_size(self) -> int:
@@ -71,12 +76,13 @@ class Sam(nn.Module):
         """(B, 3, h, w) resized pixel values (0..255) -> (B, 3, S, S) normalized, padded."""
         mean = self.pixel_mean.float()
         std = self.pixel_std.float()
-        return normalize_and_pad(images, mean, std, self.img_size).to(self.dtype)
+        return normalize_and_pad(images, mean, std, self.img_size).to(self.encoder_dtype)
 
     @torch.inference_mode()
     def encode_image(self, images: Tensor) -> Tensor:
-        """(B, 3, S, S) preprocessed images -> (B, 256, S/16, S/16) embeddings."""
-        return self.image_encoder(images.to(device=self.device, dtype=self.dtype))
+        """(B, 3, S, S) preprocessed images -> (B, 256, S/16, S/16) embeddings in the decoder dtype."""
+        embeddings = self.image_encoder(images.to(device=self.device, dtype=self.encoder_dtype))
+        return embeddings.to(self.dtype)
 
     def decoder_cache(self, image_embeddings: Tensor) -> ImageSideCache:
         """Prompt-independent decoder work for one (1, 256, h, w) image embedding."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -61,6 +62,69 @@ class DecoderAttention(nn.Module):
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """q (B, Nq, C), k/v (B, Nk, C) -> (B, Nq, C)."""
         return self.attend(self.q_proj(q), self.k_proj(k), self.v_proj(v))
+
+    # Low-rank paths. With few prompt tokens T on one side and N = 4096 image tokens on
+    # the other, projecting the image side (N x C x D) costs more than folding the
+    # projection into the T tokens (N x C x nh*T) whenever nh * T < D. The algebra is
+    # exact: a key bias adds a per-query constant to the scores (softmax ignores it) and
+    # a value bias passes through the convex combination unchanged.
+
+    def low_rank_pays(self, num_tokens: int) -> bool:
+        """Whether the folded paths are cheaper for ``num_tokens`` prompt tokens."""
+        return self.num_heads * num_tokens < self.internal_dim
+
+    def tokens_to_image(self, tokens: Tensor, image_k: Tensor, image_v: Tensor) -> Tensor:
+        """Tokens attend to image tokens without projecting the image tokens.
+
+        Args:
+            tokens: (B, T, C) queries (before ``q_proj``).
+            image_k: (B or 1, N, C) keys (before ``k_proj``).
+            image_v: (B or 1, N, C) values (before ``v_proj``).
+
+        Returns:
+            (B, T, C), equal to ``forward(tokens, image_k, image_v)``.
+        """
+        b, t, c = tokens.shape
+        nh = self.num_heads
+        hd = self.internal_dim // nh
+        q = self.q_proj(tokens).view(b, t, nh, hd) * hd**-0.5  # (B, T, nh, hd)
+        w_k = self.k_proj.weight.view(nh, hd, c)  # (nh, hd, C)
+        folded = torch.einsum("bthd,hdc->bhtc", q, w_k).reshape(b, nh * t, c)  # (B, nh*T, C)
+        scores = folded @ image_k.transpose(1, 2)  # (B, nh*T, N)
+        probs = scores.softmax(dim=-1)
+        mixed = (probs @ image_v).view(b, nh, t, c)  # (B, nh, T, C)
+        w_v = self.v_proj.weight.view(nh, hd, c)  # (nh, hd, C)
+        out = torch.einsum("bhtc,hdc->bthd", mixed, w_v).reshape(b, t, nh * hd) + self.v_proj.bias  # (B, T, D)
+        return self.out_proj(out)
+
+    def image_to_tokens(self, image_q: Tensor, tokens_k: Tensor, tokens_v: Tensor, *, projected: bool = False) -> Tensor:
+        """Image tokens attend to prompt tokens without ``q_proj``/``out_proj`` on the image side.
+
+        Args:
+            image_q: (B or 1, N, C) queries before ``q_proj``, or (B or 1, N, D) after it when
+                ``projected`` (a cached projection; then the scores are cheap either way).
+            tokens_k: (B, T, C) keys (before ``k_proj``).
+            tokens_v: (B, T, C) values (before ``v_proj``).
+
+        Returns:
+            (B, N, C), equal to ``forward(image_q, tokens_k, tokens_v)``.
+        """
+        b, t, c = tokens_k.shape
+        nh = self.num_heads
+        hd = self.internal_dim // nh
+        k = self.k_proj(tokens_k).view(b, t, nh, hd) * hd**-0.5  # (B, T, nh, hd)
+        if projected:
+            scores = torch.einsum("bnhd,bthd->bnht", image_q.view(image_q.shape[0], -1, nh, hd), k)  # (B, N, nh, T)
+        else:
+            w_q = self.q_proj.weight.view(nh, hd, c)  # (nh, hd, C)
+            folded = torch.einsum("bthd,hdc->bcht", k, w_q).reshape(b, c, nh * t)  # (B, C, nh*T)
+            offset = torch.einsum("bthd,hd->bht", k, self.q_proj.bias.view(nh, hd)).reshape(b, 1, nh * t)  # (B, 1, nh*T)
+            scores = torch.baddbmm(offset, image_q.expand(b, -1, -1), folded).view(b, -1, nh, t)  # (B, N, nh, T)
+        probs = scores.softmax(dim=-1).reshape(b, -1, nh * t)  # (B, N, nh*T)
+        v = self.v_proj(tokens_v).view(b, t, nh, hd)  # (B, T, nh, hd)
+        w_o = self.out_proj.weight.view(c, nh, hd)  # (C, nh, hd)
+        mixed = torch.einsum("bthd,chd->bhtc", v, w_o).reshape(b, nh * t, c)  # (B, nh*T, C)
+        return torch.baddbmm(self.out_proj.bias.expand(b, 1, c), probs, mixed)  # (B, N, C)
 
 
 @dataclass
@@ -137,18 +201,29 @@ class TwoWayAttentionBlock(nn.Module):
             queries = queries + self.self_attn(q, q, queries)
         queries = self.norm1(queries)
 
-        if image_side is None:
-            image_side = self.image_side(keys, key_pe)
-        t2i_k, t2i_v, i2t_q = image_side
         t2i = self.cross_attn_token_to_image
+        i2t = self.cross_attn_image_to_token
+        low_rank = t2i.low_rank_pays(queries.shape[1])
+        keys_pe = keys + key_pe if image_side is None else None
         q = queries + query_pe
-        queries = self.norm2(queries + t2i.attend(t2i.q_proj(q), t2i_k, t2i_v))
+        if image_side is not None:
+            attn = t2i.attend(t2i.q_proj(q), image_side[0], image_side[1])
+        elif low_rank:
+            attn = t2i.tokens_to_image(q, keys_pe, keys)
+        else:
+            attn = t2i(q, keys_pe, keys)
+        queries = self.norm2(queries + attn)
 
         queries = self.norm3(queries + self.mlp(queries))
 
-        i2t = self.cross_attn_image_to_token
         q = queries + query_pe
-        keys = self.norm4(keys + i2t.attend(i2t_q, i2t.k_proj(q), i2t.v_proj(queries)))
+        if image_side is not None:
+            attn = i2t.image_to_tokens(image_side[2], q, queries, projected=True)
+        elif low_rank:
+            attn = i2t.image_to_tokens(keys_pe, q, queries)
+        else:
+            attn = i2t(keys_pe, q, queries)
+        keys = self.norm4(keys + attn)
         return queries, keys
 
 
@@ -220,7 +295,11 @@ class TwoWayTransformer(nn.Module):
             queries, keys = layer(queries, keys, point_embedding, key_pe, first_side if i == 0 else None)
         final = self.final_attn_token_to_image
         q = queries + point_embedding
-        queries = self.norm_final_attn(queries + final(q, keys + key_pe, keys))
+        if final.low_rank_pays(q.shape[1]):
+            attn = final.tokens_to_image(q, keys + key_pe, keys)
+        else:
+            attn = final(q, keys + key_pe, keys)
+        queries = self.norm_final_attn(queries + attn)
         if keys.shape[0] != queries.shape[0]:  # depth 0 with a shared image: give every prompt its copy
             keys = keys.expand(queries.shape[0], -1, -1)
         return queries, keys

@@ -1,0 +1,102 @@
+"""``samkit serve``: the interactive web app and HTTP API on a local port."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import socket
+
+from .common import add_model_args
+
+__all__ = ["register", "run"]
+
+_MIB = 1024 * 1024
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``serve`` subcommand."""
+    parser = subparsers.add_parser(
+        "serve",
+        help="interactive web app + HTTP API (needs the server extra)",
+        description="Serve the interactive segmentation page and the JSON API (OpenAPI at /docs). "
+        "Binds to 127.0.0.1 unless --host says otherwise. Needs: pip install 'samkit[server]'.",
+    )
+    add_model_args(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    limits = parser.add_argument_group("limits")
+    limits.add_argument("--cache-mb", type=int, default=1024, help="memory for cached image embeddings (default 1024)")
+    limits.add_argument("--max-upload-mb", type=int, default=50, help="largest uploaded file (default 50)")
+    limits.add_argument(
+        "--max-pixels", type=int, default=40_000_000, help="largest image, width x height (default 40000000)"
+    )
+    parser.set_defaults(func=run)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    from . import UserError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the model, then serve until interrupted."""
+    import logging
+
+    from . import UserError
+
+    logger = logging.getLogger("samkit.serve")
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port: expected 1..65535, got {args.port}")
+    for option, value in (
+        ("--cache-mb", args.cache_mb),
+        ("--max-upload-mb", args.max_upload_mb),
+        ("--max-pixels", args.max_pixels),
+    ):
+        if value < 1:
+            raise UserError(f"{option}: must be >= 1, got {value}")
+    try:
+        import uvicorn
+
+        from ..server import create_app
+    except ImportError as exc:
+        raise UserError(
+            f"samkit serve needs the server extra ({exc.name} is missing): pip install 'samkit[server]'"
+        ) from None
+    _check_port_free(args.host, args.port)
+    if not _is_loopback(args.host):
+        logger.warning(
+            "binding to %s: the app has no authentication; anyone who can reach this port can use it", args.host
+        )
+
+    from ..server.limits import LOOPBACK_HOSTS
+    from .common import load_model
+
+    model = load_model(args)
+    app = create_app(
+        model,
+        max_image_pixels=args.max_pixels,
+        max_upload_bytes=args.max_upload_mb * _MIB,
+        cache_bytes=args.cache_mb * _MIB,
+        # On loopback, answer only requests addressed to loopback (no DNS rebinding).
+        allowed_hosts=(*LOOPBACK_HOSTS, args.host) if _is_loopback(args.host) else None,
+    )
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"samkit serve: {args.model} ({args.dtype}) on http://{shown}:{args.port}/  (Ctrl+C to stop)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
+    return 0

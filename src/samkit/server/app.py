@@ -1,0 +1,227 @@
+"""The FastAPI app: the interactive page and the JSON API over :class:`SegmentationService`.
+
+Endpoints (OpenAPI schema at ``/openapi.json``, interactive docs at ``/docs``):
+
+==========================================  =================================================
+``GET  /``                                  the web app (static HTML/JS/CSS, no build step)
+``GET  /api/health``                        liveness + cache figures; never waits on the model
+``POST /api/images``                        multipart ``file`` -> ``{id, width, height, ...}``
+``GET  /api/images/{id}``                   is this image still cached?
+``GET  /api/images/{id}/preview``           the decoded image as JPEG (for TIFF, 16-bit, ...)
+``POST /api/images/{id}/predict``           prompts -> candidate masks + scores
+``POST /api/images/{id}/everything``        segment everything -> RLE masks
+==========================================  =================================================
+
+Every error is ``{"error": "..."}`` with a 4xx/5xx status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, File, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..modeling import Sam
+from .limits import BodySizeLimit, HostCheck
+from .schemas import (
+    ErrorResponse,
+    EverythingRequest,
+    EverythingResponse,
+    HealthResponse,
+    ImageResponse,
+    PredictRequest,
+    PredictResponse,
+)
+from .service import (
+    DEFAULT_CACHE_BYTES,
+    DEFAULT_LOGITS_CACHE_BYTES,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_UPLOAD_BYTES,
+    SegmentationService,
+    ServiceError,
+)
+
+__all__ = ["create_app", "STATIC_DIR"]
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+# Multipart framing around the file (boundaries, part headers) on top of max_upload_bytes.
+_MULTIPART_SLACK = 64 * 1024
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422, 501, 503)
+}
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
+    """(status, one-line message) for a request FastAPI could not parse or validate."""
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        first = next(e for e in errors if e.get("type") == "json_invalid")
+        detail = (first.get("ctx") or {}).get("error", "")
+        return 400, f"malformed JSON body{': ' + detail if detail else ''}"
+    parts = []
+    for e in errors[:5]:
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+        parts.append(f"{loc or 'body'}: {e.get('msg', 'invalid')}")
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return 422, "; ".join(parts) + more
+
+
+def create_app(
+    model: Sam,
+    *,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
+    logits_cache_bytes: int = DEFAULT_LOGITS_CACHE_BYTES,
+    predict_workers: int = 2,
+    max_pending_embeddings: int = 8,
+    allowed_hosts: Sequence[str] | None = None,
+) -> FastAPI:
+    """Build the web app around a model.
+
+    Args:
+        model: The SAM model (see :func:`samkit.build_sam`).
+        max_image_pixels: Largest image (W * H) accepted; checked from the header, before
+            decoding, so decompression bombs are refused cheaply.
+        max_upload_bytes: Largest uploaded file.
+        cache_bytes: Memory bound of the embedding cache (LRU by bytes).
+        logits_cache_bytes: Memory bound of the low-res logits kept for ``mask_input_id``.
+        predict_workers: Threads answering predicts (embeddings use one more thread).
+        max_pending_embeddings: Uploads that may queue for embedding before 503.
+        allowed_hosts: If given, requests whose Host header names another host are refused
+            (``samkit serve`` passes the loopback names when it binds to loopback, against
+            DNS rebinding). None accepts any Host.
+
+    Returns:
+        The FastAPI app; serve it with uvicorn. ``app.state.service`` is the
+        :class:`SegmentationService`.
+    """
+    service = SegmentationService(
+        model,
+        max_image_pixels=max_image_pixels,
+        max_upload_bytes=max_upload_bytes,
+        cache_bytes=cache_bytes,
+        logits_cache_bytes=logits_cache_bytes,
+        max_pending_embeddings=max_pending_embeddings,
+        predict_workers=predict_workers,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        service.close()
+
+    app = FastAPI(
+        title="samkit",
+        version=__version__,
+        description="Segment Anything: upload an image once, then prompt it with points and boxes.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.add_middleware(BodySizeLimit, max_body_bytes=max_upload_bytes + _MULTIPART_SLACK)
+    if allowed_hosts is not None:
+        app.add_middleware(HostCheck, allowed_hosts=list(allowed_hosts))  # outermost: checked first
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        status, message = _validation_message(exc)
+        return JSONResponse({"error": message}, status_code=status)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("internal error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": f"internal server error ({type(exc).__name__})"}, status_code=500)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/api/health", response_model=HealthResponse)
+    async def health() -> dict[str, Any]:
+        """Liveness; answers while embeddings run."""
+        return service.health()
+
+    @app.post("/api/images", response_model=ImageResponse, responses=_ERRORS)
+    async def upload_image(
+        file: Annotated[UploadFile, File(description="An image file (PNG, JPEG, ...).")],
+    ) -> dict[str, Any]:
+        """Upload an image and compute its embedding (once per distinct file content)."""
+        data = await file.read(service.max_upload_bytes + 1)
+        entry, cached = await service.add_image(data)
+        return {
+            "id": entry.image_id,
+            "width": entry.width,
+            "height": entry.height,
+            "cached": cached,
+            "embed_ms": entry.embed_ms,
+        }
+
+    @app.get("/api/images/{image_id}", response_model=ImageResponse, responses=_ERRORS)
+    async def get_image(image_id: str) -> dict[str, Any]:
+        """An image that is still cached (404 once evicted: upload it again)."""
+        entry = service.get(image_id)
+        return {
+            "id": entry.image_id,
+            "width": entry.width,
+            "height": entry.height,
+            "cached": True,
+            "embed_ms": entry.embed_ms,
+        }
+
+    @app.get(
+        "/api/images/{image_id}/preview",
+        response_class=Response,
+        responses={200: {"content": {"image/jpeg": {}}}, 404: {"model": ErrorResponse}},
+    )
+    async def preview(image_id: str) -> Response:
+        """The image as samkit decoded it (EXIF-rotated RGB), as JPEG: for formats a browser cannot show."""
+        return Response(await service.preview(image_id), media_type="image/jpeg")
+
+    @app.post("/api/images/{image_id}/predict", response_model=PredictResponse, responses=_ERRORS)
+    async def predict(image_id: str, body: PredictRequest) -> JSONResponse:
+        """Candidate masks for points (label 1 = object, 0 = background), a box and/or a previous mask."""
+        result = await service.predict(
+            image_id,
+            points=[(float(x), float(y)) for x, y in body.points],
+            labels=list(body.labels),
+            box=body.box,
+            mask_input_id=body.mask_input_id,
+            multimask=body.multimask,
+            output_format=body.format,
+        )
+        timing = result.pop("timing")
+        server_timing = f"decode;dur={timing['decode_ms']:.1f}, encode;dur={timing['encode_ms']:.1f}"
+        return JSONResponse(result, headers={"Server-Timing": server_timing})
+
+    @app.post("/api/images/{image_id}/everything", response_model=EverythingResponse, responses=_ERRORS)
+    async def everything(image_id: str, body: EverythingRequest | None = None) -> JSONResponse:
+        """Segment everything (automatic mask generation); masks as COCO RLE."""
+        options = body.model_dump() if body is not None else {}
+        result = await service.everything(image_id, options)
+        timing = result.pop("timing")
+        return JSONResponse(result, headers={"Server-Timing": f"everything;dur={timing['everything_ms']:.1f}"})
+
+    return app

@@ -1,0 +1,172 @@
+"""Binary masks on the wire: 1-bit PNG and COCO run-length encoding.
+
+Both encoders take an ``(H, W)`` bool mask. The RLE follows COCO exactly (column-major
+runs that start with a run of zeros, the compressed ``counts`` string of pycocotools), so
+``pycocotools.mask.decode`` reads what :func:`encode_rle` writes.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+import zlib
+
+import numpy as np
+
+__all__ = [
+    "mask_to_png",
+    "mask_to_png_base64",
+    "rle_counts",
+    "encode_rle",
+    "decode_rle",
+    "counts_to_string",
+    "string_to_counts",
+]
+
+# zlib level 1: masks are mostly long runs, so level 1 is nearly as small as 9 and much faster.
+_PNG_COMPRESS_LEVEL = 1
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _check_mask(mask: np.ndarray) -> np.ndarray:
+    if not isinstance(mask, np.ndarray) or mask.ndim != 2:
+        raise ValueError(f"mask: expected an (H, W) array, got {getattr(mask, 'shape', type(mask).__name__)}")
+    return mask if mask.dtype == np.bool_ else mask != 0
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def mask_to_png(mask: np.ndarray, *, transparent_background: bool = False) -> bytes:
+    """Encode a mask as a 1-bit greyscale PNG (0 = black background, 1 = white object).
+
+    Written directly (IHDR, one IDAT, IEND): for a 1-bit image this is ~20x faster than
+    Pillow's PNG writer, and the click latency of the web app depends on it.
+
+    Args:
+        mask: (H, W) bool (or any array; nonzero = object).
+        transparent_background: add a tRNS chunk marking grey 0 transparent, so a browser
+            can draw the mask directly as an overlay (the pixel values are unchanged: Pillow
+            still reads mode "1").
+
+    Returns:
+        The PNG file bytes.
+    """
+    mask = _check_mask(mask)
+    height, width = mask.shape
+    if height == 0 or width == 0:
+        raise ValueError(f"mask: empty mask of shape {mask.shape}")
+    packed = np.packbits(mask, axis=1)  # (H, ceil(W / 8)) uint8, MSB first as PNG wants
+    rows = np.zeros((height, packed.shape[1] + 1), dtype=np.uint8)  # (H, 1 + ceil(W / 8))
+    rows[:, 1:] = packed  # column 0: filter type 0 (None) for every scanline
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale, no interlace
+    return b"".join(
+        (
+            _PNG_SIGNATURE,
+            _png_chunk(b"IHDR", header),
+            _png_chunk(b"tRNS", struct.pack(">H", 0)) if transparent_background else b"",
+            _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), _PNG_COMPRESS_LEVEL)),
+            _png_chunk(b"IEND", b""),
+        )
+    )
+
+
+def mask_to_png_base64(mask: np.ndarray, *, transparent_background: bool = False) -> str:
+    """:func:`mask_to_png`, base64-encoded (ASCII) for JSON."""
+    return base64.b64encode(mask_to_png(mask, transparent_background=transparent_background)).decode("ascii")
+
+
+def rle_counts(mask: np.ndarray) -> list[int]:
+    """Uncompressed COCO RLE counts of a mask.
+
+    Args:
+        mask: (H, W) bool.
+
+    Returns:
+        Run lengths over the column-major (Fortran-order) pixels, alternating background and
+        object, starting with background (a leading 0 when pixel (0, 0) is set).
+    """
+    mask = _check_mask(mask)
+    flat = mask.ravel(order="F")  # (H*W,) column-major, as COCO stores masks
+    if flat.size == 0:
+        return [0]
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1  # (R-1,) start index of every run but the first
+    bounds = np.concatenate(([0], change, [flat.size]))  # (R+1,)
+    counts = np.diff(bounds).tolist()
+    if flat[0]:
+        counts.insert(0, 0)
+    return counts
+
+
+def counts_to_string(counts: list[int]) -> str:
+    """Compress RLE counts into COCO's ASCII form (pycocotools ``rleToString``).
+
+    Each count (from the 4th on, as the difference to the count two before) is written as
+    little-endian 5-bit groups, 0x20 marking "more groups follow", the last group's 0x10 bit
+    giving the sign, each group offset by 48. Vectorised over all counts at once.
+    """
+    if len(counts) == 0:
+        return ""
+    values = np.asarray(counts, dtype=np.int64)  # (R,)
+    deltas = values.copy()
+    deltas[3:] -= values[1:-2]  # (R,) x_i = c_i - c_{i-2} for i > 2
+    groups = np.zeros((values.size, 13), dtype=np.uint8)  # (R, 13): 13 * 5 bits cover int64
+    length = np.zeros(values.size, dtype=np.int64)  # (R,) groups written per count
+    active = np.ones(values.size, dtype=np.bool_)
+    x = deltas
+    for k in range(groups.shape[1]):
+        c = x & 0x1F
+        x = x >> 5  # arithmetic shift: negative deltas stay negative
+        more = np.where(c & 0x10, x != -1, x != 0)
+        groups[:, k] = (c | (more << 5)) + 48
+        length += active
+        active &= more
+        if not active.any():
+            break
+    keep = np.arange(groups.shape[1]) < length[:, None]  # (R, 13)
+    return groups[keep].tobytes().decode("ascii")  # row-major: each count's groups in order
+
+
+def string_to_counts(text: str) -> list[int]:
+    """Inverse of :func:`counts_to_string`."""
+    counts: list[int] = []
+    position = 0
+    data = text.encode("ascii")
+    while position < len(data):
+        x = 0
+        shift = 0
+        more = True
+        while more:
+            if position >= len(data):
+                raise ValueError("RLE counts string ends inside a number")
+            c = data[position] - 48
+            x |= (c & 0x1F) << shift
+            more = bool(c & 0x20)
+            position += 1
+            shift += 5
+            if not more and c & 0x10:
+                x |= -1 << shift
+        if len(counts) > 2:
+            x += counts[-2]
+        counts.append(x)
+    return counts
+
+
+def encode_rle(mask: np.ndarray) -> dict[str, object]:
+    """COCO compressed RLE: ``{"size": [H, W], "counts": str}``."""
+    mask = _check_mask(mask)
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": counts_to_string(rle_counts(mask))}
+
+
+def decode_rle(rle: dict[str, object]) -> np.ndarray:
+    """(H, W) bool mask from a COCO RLE with a compressed (str) or uncompressed (list) ``counts``."""
+    height, width = (int(v) for v in rle["size"])  # type: ignore[union-attr]
+    raw = rle["counts"]
+    counts = string_to_counts(raw) if isinstance(raw, str) else [int(c) for c in raw]  # type: ignore[union-attr]
+    if sum(counts) != height * width:
+        raise ValueError(f"RLE counts sum to {sum(counts)}, expected {height * width} for size {[height, width]}")
+    values = np.zeros(len(counts), dtype=np.bool_)
+    values[1::2] = True
+    flat = np.repeat(values, counts)  # (H*W,) column-major
+    return flat.reshape(width, height).T  # (H, W)

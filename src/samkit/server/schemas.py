@@ -1,0 +1,127 @@
+"""Request and response bodies of the HTTP API (they make up the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "ErrorResponse",
+    "HealthResponse",
+    "ImageResponse",
+    "PredictRequest",
+    "PredictResponse",
+    "RLE",
+    "EverythingRequest",
+    "EverythingMask",
+    "EverythingResponse",
+]
+
+Coordinate = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx answer."""
+
+    error: str = Field(description="What went wrong, in one line.")
+
+
+class HealthResponse(BaseModel):
+    """``GET /api/health``."""
+
+    status: Literal["ok"]
+    model: str
+    dtype: str
+    device: str
+    cached_images: int
+    cache_bytes: int
+    cache_limit_bytes: int
+    pending_embeddings: int
+
+
+class ImageResponse(BaseModel):
+    """An uploaded (and embedded) image."""
+
+    id: str = Field(description="sha256 (hex) of the uploaded bytes; use it in the other endpoints.")
+    width: int
+    height: int
+    cached: bool = Field(description="True when this content was embedded before (no new embedding was computed).")
+    embed_ms: float = Field(description="Time the embedding took when it was computed.")
+
+
+class RLE(BaseModel):
+    """COCO compressed run-length encoding (column-major), as pycocotools writes it."""
+
+    size: tuple[int, int] = Field(description="[height, width]")
+    counts: str
+
+
+class PredictRequest(BaseModel):
+    """Prompts for one object, in pixels of the uploaded image."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    points: list[tuple[Coordinate, Coordinate]] = Field(
+        default_factory=list, description="[[x, y], ...] inside [0, width] x [0, height]."
+    )
+    labels: list[int] = Field(default_factory=list, description="One per point: 1 = object, 0 = background.")
+    box: tuple[Coordinate, Coordinate, Coordinate, Coordinate] | None = Field(
+        default=None, description="[x0, y0, x1, y1] inside the image."
+    )
+    mask_input_id: str | None = Field(
+        default=None,
+        description="A logits_ids entry of an earlier prediction on this image: its low-res logits are "
+        "fed back as the previous mask (iterative refinement).",
+    )
+    multimask: bool = Field(default=True, description="Return 3 candidate masks instead of 1.")
+    format: Literal["png", "rle"] = Field(
+        default="png",
+        description="png: per mask a base64 1-bit PNG (white object, background black and marked transparent "
+        "with tRNS, so it overlays directly); rle: per mask a COCO compressed RLE.",
+    )
+
+
+class PredictResponse(BaseModel):
+    """Candidate masks for the prompts, in the model's order (not sorted by score)."""
+
+    width: int
+    height: int
+    format: Literal["png", "rle"]
+    masks: list[str] | list[RLE] = Field(description="Base64 PNGs (format png) or RLEs (format rle).")
+    scores: list[float] = Field(description="Predicted IoU of each mask.")
+    areas: list[int] = Field(description="Pixels in each mask.")
+    logits_ids: list[str] = Field(description="Handles of each mask's low-res logits, for mask_input_id.")
+
+
+class EverythingRequest(BaseModel):
+    """Options of the automatic mask generator; omitted ones take the generator's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    points_per_side: int | None = Field(default=None, ge=1, le=64)
+    points_per_batch: int | None = Field(default=None, ge=1, le=1024)
+    pred_iou_thresh: float | None = Field(default=None, ge=0.0, le=1.0)
+    stability_score_thresh: float | None = Field(default=None, ge=0.0, le=1.0)
+    box_nms_thresh: float | None = Field(default=None, ge=0.0, le=1.0)
+    crop_n_layers: int | None = Field(default=None, ge=0, le=3)
+
+
+class EverythingMask(BaseModel):
+    """One automatically found mask (the official generator's record, RLE segmentation)."""
+
+    segmentation: RLE
+    area: int
+    bbox: list[float] = Field(description="[x, y, w, h] (XYWH, COCO).")
+    predicted_iou: float
+    stability_score: float
+    point_coords: list[list[float]]
+    crop_box: list[float] = Field(description="[x, y, w, h] of the crop the mask came from.")
+
+
+class EverythingResponse(BaseModel):
+    """``POST /api/images/{id}/everything``."""
+
+    width: int
+    height: int
+    masks: list[EverythingMask]

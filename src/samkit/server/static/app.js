@@ -1,0 +1,691 @@
+// samkit interactive page: upload -> click/box prompts -> masks; objects; export.
+// Plain JS, no build step. Masks are Uint8Array(H*W), row-major, 1 = object.
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const els = {
+    openBtn: $("open-btn"), fileInput: $("file-input"), fileName: $("file-name"), status: $("status"),
+    modelInfo: $("model-info"), stage: $("stage"), dropzone: $("dropzone"), wrap: $("canvas-wrap"),
+    imageCanvas: $("image-canvas"), objectsCanvas: $("objects-canvas"), maskCanvas: $("mask-canvas"),
+    promptCanvas: $("prompt-canvas"), progress: $("progress"), progressLabel: $("progress-label"),
+    progressFill: $("progress-fill"), progressTime: $("progress-time"), candidates: $("candidates"),
+    acceptBtn: $("accept-btn"), undoBtn: $("undo-btn"), clearBtn: $("clear-btn"), refine: $("refine"),
+    swatch: $("current-swatch"), objects: $("objects"), objectCount: $("object-count"),
+    everythingBtn: $("everything-btn"), pointsPerSide: $("points-per-side"), removeAllBtn: $("remove-all-btn"),
+    exportPngBtn: $("export-png-btn"), exportCocoBtn: $("export-coco-btn"),
+  };
+
+  const DRAG_THRESHOLD_PX = 5;
+  const MASK_ALPHA = 130;
+  const OBJECT_ALPHA = 105;
+
+  const state = {
+    file: null, fileName: "", imageId: null, width: 0, height: 0, bitmap: null,
+    points: [], labels: [], box: null,
+    candidates: [], // [{b64, bitmap, pending, mask, score, area, logitsId}]; bitmap/mask made on demand
+    selected: 0,
+    history: [], // undo entries of the current object
+    objects: [], // [{id, group, color, mask, area, bbox, score, points, labels, box, source}]
+    nextObjectId: 1, nextGroup: 1, nextColor: 0,
+    seq: 0, busy: false,
+  };
+  // Figures the browser tests read.
+  const debug = { state, predictsDrawn: 0, lastRoundTripMs: null, roundTrips: [], shownIndex: -1 };
+  window.samkit = debug;
+
+  // ------------------------------------------------------------------ status and progress
+  function setStatus(text, isError = false) {
+    els.status.textContent = text;
+    els.status.classList.toggle("error", isError);
+  }
+
+  let progressTimer = null;
+  function showProgress(label, expectedMs) {
+    els.progressLabel.textContent = label;
+    els.progress.hidden = false;
+    const start = performance.now();
+    const tick = () => {
+      const elapsed = performance.now() - start;
+      // Estimated fraction from the last run's duration; never claims to be done.
+      const fraction = expectedMs ? Math.min(0.95, elapsed / expectedMs) : 1 - Math.exp(-elapsed / 8000);
+      els.progressFill.style.width = `${(fraction * 100).toFixed(1)}%`;
+      els.progressTime.textContent = `${(elapsed / 1000).toFixed(1)} s` + (expectedMs ? ` of ~${(expectedMs / 1000).toFixed(0)} s` : "");
+    };
+    tick();
+    clearInterval(progressTimer);
+    progressTimer = setInterval(tick, 100);
+  }
+  function setProgressFraction(fraction, label) {
+    els.progressLabel.textContent = label;
+    els.progressFill.style.width = `${(fraction * 100).toFixed(1)}%`;
+  }
+  function hideProgress() {
+    clearInterval(progressTimer);
+    els.progress.hidden = true;
+  }
+
+  // ------------------------------------------------------------------ API
+  async function apiJson(method, url, body) {
+    const init = { method, headers: {} };
+    if (body !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    const response = await fetch(url, init);
+    let data = null;
+    try { data = await response.json(); } catch (_) { /* not JSON */ }
+    if (!response.ok) {
+      const error = new Error((data && data.error) || `${response.status} ${response.statusText}`);
+      error.status = response.status;
+      throw error;
+    }
+    return data;
+  }
+
+  /** Upload with XMLHttpRequest for upload progress; resolves to {id, width, height, ...}. */
+  function uploadFile(file) {
+    return new Promise((resolve, reject) => {
+      const xhr = new XMLHttpRequest();
+      const form = new FormData();
+      form.append("file", file, file.name || "image");
+      xhr.open("POST", "/api/images");
+      xhr.responseType = "json";
+      const expected = Number(localStorage.getItem("samkit.embedMs")) || 0;
+      xhr.upload.onprogress = (e) => {
+        if (e.lengthComputable) setProgressFraction(e.loaded / e.total, `Uploading… ${Math.round((100 * e.loaded) / e.total)}%`);
+      };
+      xhr.upload.onload = () => showProgress("Computing the image embedding…", expected);
+      xhr.onload = () => {
+        const data = xhr.response;
+        if (xhr.status >= 200 && xhr.status < 300 && data) resolve(data);
+        else reject(Object.assign(new Error((data && data.error) || `upload failed (${xhr.status})`), { status: xhr.status }));
+      };
+      xhr.onerror = () => reject(new Error("upload failed: the server is unreachable"));
+      showProgress("Uploading…", 0);
+      xhr.send(form);
+    });
+  }
+
+  // ------------------------------------------------------------------ loading an image
+  async function openFile(file) {
+    if (!file) return;
+    if (file.type && !file.type.startsWith("image/")) {
+      setStatus(`${file.name}: not an image`, true);
+      return;
+    }
+    state.seq++;
+    setBusy(true);
+    setStatus("");
+    try {
+      let bitmap = await createImageBitmap(file, { imageOrientation: "from-image" }).catch(() => null);
+      const info = await uploadFile(file);
+      if (!bitmap || bitmap.width !== info.width || bitmap.height !== info.height) {
+        // A format (or orientation) this browser reads differently: show the server's decoding.
+        const preview = await fetch(`/api/images/${info.id}/preview`);
+        if (!preview.ok) throw new Error(`cannot display the image (${preview.status})`);
+        bitmap = await createImageBitmap(await preview.blob());
+      }
+      if (!info.cached && info.embed_ms) localStorage.setItem("samkit.embedMs", String(info.embed_ms));
+      state.file = file;
+      state.fileName = file.name || "image";
+      state.imageId = info.id;
+      state.width = info.width;
+      state.height = info.height;
+      state.bitmap = bitmap;
+      resetCurrent();
+      state.objects = [];
+      setupCanvases();
+      renderAll();
+      els.fileName.textContent = `${state.fileName} · ${info.width}×${info.height}`;
+      setStatus(info.cached ? "Image ready (embedding cached). Click on an object." : `Image ready (embedding ${(info.embed_ms / 1000).toFixed(1)} s). Click on an object.`);
+    } catch (error) {
+      setStatus(error.message, true);
+    } finally {
+      hideProgress();
+      setBusy(false);
+    }
+    if (state.imageId) document.body.dataset.imageId = state.imageId; // ready for prompts
+  }
+
+  /** The server forgot the image (evicted from its cache): upload the same file again. */
+  async function reupload() {
+    setStatus("The server evicted this image; uploading it again…");
+    const info = await uploadFile(state.file);
+    hideProgress();
+    state.imageId = info.id;
+    document.body.dataset.imageId = info.id;
+  }
+
+  // Off-screen layers for drawing a mask bitmap with an outline, and one for reading pixels back.
+  const scratch = { fill: null, edge: null, eroded: null, read: null };
+
+  function setupCanvases() {
+    const { width, height } = state;
+    for (const name of ["fill", "edge", "eroded"]) scratch[name] = new OffscreenCanvas(width, height).getContext("2d");
+    scratch.read = new OffscreenCanvas(width, height).getContext("2d", { willReadFrequently: true });
+    for (const c of [els.imageCanvas, els.objectsCanvas, els.maskCanvas, els.promptCanvas]) {
+      c.width = width;
+      c.height = height;
+    }
+    const ctx = els.imageCanvas.getContext("2d");
+    ctx.clearRect(0, 0, width, height);
+    if (state.bitmap) ctx.drawImage(state.bitmap, 0, 0, width, height);
+    els.dropzone.hidden = true;
+    els.wrap.hidden = false;
+    fitCanvas();
+  }
+
+  function fitCanvas() {
+    if (!state.width) return;
+    const box = els.stage.getBoundingClientRect();
+    const scale = Math.min((box.width - 24) / state.width, (box.height - 24) / state.height);
+    els.wrap.style.width = `${Math.max(1, Math.floor(state.width * scale))}px`;
+    els.wrap.style.height = `${Math.max(1, Math.floor(state.height * scale))}px`;
+  }
+  window.addEventListener("resize", () => { fitCanvas(); drawPrompts(); });
+
+  // ------------------------------------------------------------------ prompts -> masks
+  function resetCurrent() {
+    state.seq++;
+    state.points = [];
+    state.labels = [];
+    state.box = null;
+    state.candidates = [];
+    state.selected = 0;
+    state.history = [];
+  }
+
+  function snapshot() {
+    // Undo keeps the masks as their PNG text only; bitmaps are decoded again if needed.
+    const candidates = state.candidates.map((c) => ({ ...c, bitmap: null, pending: null, mask: null }));
+    return {
+      points: state.points.slice(), labels: state.labels.slice(), box: state.box,
+      candidates, selected: state.selected,
+    };
+  }
+
+  function remember() {
+    state.history.push(snapshot());
+  }
+
+  function base64Bytes(b64) {
+    const text = atob(b64);
+    const bytes = new Uint8Array(text.length);
+    for (let i = 0; i < text.length; i++) bytes[i] = text.charCodeAt(i);
+    return bytes;
+  }
+
+  /** A mask PNG from the API (white object, transparent background) -> ImageBitmap. */
+  function decodeMaskPng(b64) {
+    return createImageBitmap(new Blob([base64Bytes(b64)], { type: "image/png" }), {
+      premultiplyAlpha: "none", colorSpaceConversion: "none",
+    });
+  }
+
+  /** The candidate's bitmap, decoding it if needed. */
+  function candidateBitmap(c) {
+    if (c.bitmap) return Promise.resolve(c.bitmap);
+    if (!c.pending) c.pending = decodeMaskPng(c.b64).then((b) => (c.bitmap = b));
+    return c.pending;
+  }
+
+  /** Row-major Uint8Array mask of a decoded candidate (read back once, then kept). */
+  function candidateMask(c) {
+    if (!c.mask) {
+      const ctx = scratch.read;
+      ctx.clearRect(0, 0, state.width, state.height);
+      ctx.drawImage(c.bitmap, 0, 0);
+      const rgba = ctx.getImageData(0, 0, state.width, state.height).data;
+      const mask = new Uint8Array(state.width * state.height);
+      for (let i = 0, j = 3; i < mask.length; i++, j += 4) mask[i] = rgba[j] > 127 ? 1 : 0;
+      c.mask = mask;
+    }
+    return c.mask;
+  }
+
+  async function predict() {
+    const seq = ++state.seq;
+    if (!state.points.length && !state.box) {
+      state.candidates = [];
+      renderCurrent();
+      return;
+    }
+    const body = { points: state.points, labels: state.labels, box: state.box, multimask: true, format: "png" };
+    const previous = state.candidates[state.selected];
+    if (els.refine.checked && previous) body.mask_input_id = previous.logitsId;
+    const started = performance.now();
+    let data;
+    try {
+      try {
+        data = await apiJson("POST", `/api/images/${state.imageId}/predict`, body);
+      } catch (error) {
+        if (error.status !== 404) throw error;
+        if (body.mask_input_id && !/image id/.test(error.message)) {
+          delete body.mask_input_id; // the logits handle expired: predict from the prompts alone
+        } else {
+          await reupload();
+        }
+        data = await apiJson("POST", `/api/images/${state.imageId}/predict`, body);
+      }
+      if (seq !== state.seq) return; // a newer click superseded this one
+      const candidates = data.masks.map((b64, i) => ({
+        b64, bitmap: null, pending: null, mask: null, score: data.scores[i], area: data.areas[i], logitsId: data.logits_ids[i],
+      }));
+      const best = argmax(data.scores);
+      await candidateBitmap(candidates[best]); // only the mask shown is on the critical path
+      if (seq !== state.seq) return;
+      state.candidates = candidates;
+      state.selected = best;
+      renderCurrent();
+      candidates.forEach((c) => candidateBitmap(c)); // the others decode in the background
+      const ms = performance.now() - started;
+      debug.lastRoundTripMs = ms;
+      debug.roundTrips.push(ms);
+      debug.predictsDrawn++;
+      document.body.dataset.predictsDrawn = String(debug.predictsDrawn);
+      setStatus(`mask in ${ms.toFixed(0)} ms · ${state.points.length} point(s)${state.box ? " + box" : ""}`);
+    } catch (error) {
+      if (seq === state.seq) setStatus(error.message, true);
+    }
+  }
+
+  function argmax(values) {
+    let best = 0;
+    for (let i = 1; i < values.length; i++) if (values[i] > values[best]) best = i;
+    return best;
+  }
+
+  function imagePoint(event) {
+    const rect = els.promptCanvas.getBoundingClientRect();
+    const x = ((event.clientX - rect.left) / rect.width) * state.width;
+    const y = ((event.clientY - rect.top) / rect.height) * state.height;
+    return [Math.min(state.width, Math.max(0, x)), Math.min(state.height, Math.max(0, y))];
+  }
+
+  let press = null; // {start: [x, y], clientX, clientY, button, shift, dragging, current}
+  els.promptCanvas.addEventListener("contextmenu", (e) => e.preventDefault());
+  els.promptCanvas.addEventListener("pointerdown", (e) => {
+    if (!state.imageId || state.busy || (e.button !== 0 && e.button !== 2)) return;
+    e.preventDefault();
+    els.promptCanvas.focus();
+    els.promptCanvas.setPointerCapture(e.pointerId);
+    press = { start: imagePoint(e), clientX: e.clientX, clientY: e.clientY, button: e.button, shift: e.shiftKey, dragging: false };
+  });
+  els.promptCanvas.addEventListener("pointermove", (e) => {
+    if (!press) return;
+    if (!press.dragging && press.button === 0 && Math.hypot(e.clientX - press.clientX, e.clientY - press.clientY) > DRAG_THRESHOLD_PX) {
+      press.dragging = true;
+    }
+    if (press.dragging) {
+      press.current = imagePoint(e);
+      drawPrompts(boxFrom(press.start, press.current));
+    }
+  });
+  els.promptCanvas.addEventListener("pointerup", (e) => {
+    if (!press) return;
+    const p = press;
+    press = null;
+    if (p.dragging) {
+      const box = boxFrom(p.start, imagePoint(e));
+      if (box[2] - box[0] < 1 || box[3] - box[1] < 1) { drawPrompts(); return; }
+      remember();
+      state.box = box;
+    } else {
+      remember();
+      state.points.push(p.start.map((v) => Math.round(v * 10) / 10));
+      state.labels.push(p.button === 2 || p.shift ? 0 : 1);
+    }
+    drawPrompts();
+    predict();
+  });
+  els.promptCanvas.addEventListener("pointercancel", () => { press = null; drawPrompts(); });
+
+  function boxFrom(a, b) {
+    return [Math.min(a[0], b[0]), Math.min(a[1], b[1]), Math.max(a[0], b[0]), Math.max(a[1], b[1])].map((v) => Math.round(v * 10) / 10);
+  }
+
+  // ------------------------------------------------------------------ actions
+  function undo() {
+    if (state.busy) return;
+    const entry = state.history.pop();
+    if (entry) {
+      state.seq++; // drop any prediction still in flight
+      Object.assign(state, entry);
+      renderCurrent();
+      return;
+    }
+    if (state.objects.length) {
+      const group = state.objects[state.objects.length - 1].group;
+      state.objects = state.objects.filter((o) => o.group !== group);
+      renderObjects();
+    }
+  }
+
+  function clearCurrent() {
+    resetCurrent();
+    renderCurrent();
+  }
+
+  function accept() {
+    const chosen = state.candidates[state.selected];
+    if (!chosen || !chosen.bitmap) return;
+    const mask = candidateMask(chosen);
+    const { area, bbox } = SamMasks.stats(mask, state.width, state.height);
+    if (area === 0) { setStatus("the selected mask is empty", true); return; }
+    state.objects.push({
+      id: state.nextObjectId++, group: state.nextGroup++, color: SamMasks.color(state.nextColor++),
+      mask, area, bbox, score: chosen.score,
+      points: state.points.slice(), labels: state.labels.slice(), box: state.box, source: "click",
+    });
+    resetCurrent();
+    renderAll();
+    setStatus(`object ${state.objects.length} accepted`);
+  }
+
+  function select(i) {
+    if (i < state.candidates.length) {
+      state.selected = i;
+      renderCurrent();
+    }
+  }
+
+  async function segmentEverything() {
+    if (!state.imageId || state.busy) return;
+    setBusy(true);
+    showProgress("Segmenting everything…", Number(localStorage.getItem("samkit.everythingMs")) || 0);
+    try {
+      const body = { points_per_side: Number(els.pointsPerSide.value) };
+      let data;
+      try {
+        data = await apiJson("POST", `/api/images/${state.imageId}/everything`, body);
+      } catch (error) {
+        if (error.status !== 404) throw error;
+        await reupload();
+        data = await apiJson("POST", `/api/images/${state.imageId}/everything`, body);
+      }
+      const group = state.nextGroup++;
+      for (const record of data.masks) {
+        const mask = SamMasks.rleDecode(record.segmentation);
+        const { area, bbox } = SamMasks.stats(mask, state.width, state.height);
+        if (!area) continue;
+        state.objects.push({
+          id: state.nextObjectId++, group, color: SamMasks.color(state.nextColor++), mask, area, bbox,
+          score: record.predicted_iou, points: record.point_coords, labels: record.point_coords.map(() => 1),
+          box: null, source: "everything",
+        });
+      }
+      renderObjects();
+      setStatus(`segment everything: ${data.masks.length} mask${data.masks.length === 1 ? "" : "s"}`);
+    } catch (error) {
+      setStatus(error.message, true);
+    } finally {
+      hideProgress();
+      setBusy(false);
+    }
+  }
+
+  function setBusy(busy) {
+    state.busy = busy;
+    document.body.dataset.busy = busy ? "1" : "0";
+    renderButtons();
+  }
+
+  // ------------------------------------------------------------------ export
+  function stem() {
+    return (state.fileName || "image").replace(/\.[^.]+$/, "") || "image";
+  }
+
+  function download(blob, name) {
+    const url = URL.createObjectURL(blob);
+    const a = document.createElement("a");
+    a.href = url;
+    a.download = name;
+    document.body.appendChild(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+  }
+
+  function cocoJson() {
+    const { width, height } = state;
+    return {
+      info: { description: "samkit export", version: "1.0", date_created: new Date().toISOString() },
+      licenses: [],
+      images: [{ id: 1, file_name: state.fileName, width, height }],
+      categories: [{ id: 1, name: "object", supercategory: "object" }],
+      annotations: state.objects.map((o, i) => ({
+        id: i + 1, image_id: 1, category_id: 1,
+        segmentation: SamMasks.rleEncode(o.mask, width, height),
+        area: o.area, bbox: o.bbox, iscrowd: 0,
+        predicted_iou: o.score, point_coords: o.points, point_labels: o.labels, box: o.box,
+      })),
+    };
+  }
+
+  function exportCoco() {
+    if (!state.objects.length) return;
+    const text = JSON.stringify(cocoJson());
+    download(new Blob([text], { type: "application/json" }), `${stem()}_coco.json`);
+  }
+
+  async function exportPngs() {
+    if (!state.objects.length) return;
+    const files = [];
+    for (let i = 0; i < state.objects.length; i++) {
+      const png = await SamMasks.maskToPng(state.objects[i].mask, state.width, state.height);
+      files.push({ name: `${stem()}_mask_${String(i + 1).padStart(3, "0")}.png`, data: new Uint8Array(await png.arrayBuffer()) });
+    }
+    download(SamMasks.makeZip(files), `${stem()}_masks.zip`);
+  }
+
+  // ------------------------------------------------------------------ drawing
+  function rgbaWord([r, g, b], a) {
+    return ((a << 24) | (b << 16) | (g << 8) | r) >>> 0; // little-endian RGBA in a Uint32
+  }
+
+  /** Fill a mask (optionally inside a bbox) into a Uint32 RGBA view, with an opaque outline. */
+  function paintMask(pixels, mask, width, height, color, alpha, bbox) {
+    const [bx, by, bw, bh] = bbox || [0, 0, width, height];
+    const fill = rgbaWord(color, alpha);
+    const edge = rgbaWord(color, 255);
+    for (let y = by; y < by + bh; y++) {
+      for (let x = bx, i = y * width + bx; x < bx + bw; x++, i++) {
+        if (!mask[i]) continue;
+        const border = x === 0 || x === width - 1 || y === 0 || y === height - 1 ||
+          !mask[i - 1] || !mask[i + 1] || !mask[i - width] || !mask[i + width];
+        pixels[i] = border ? edge : fill;
+      }
+    }
+  }
+
+  /**
+   * Draw a mask bitmap (opaque object, transparent background) in a colour: a translucent fill
+   * and an opaque 1-pixel outline (mask minus its 4-neighbour erosion), all with canvas
+   * compositing, no per-pixel JavaScript.
+   */
+  function drawMaskBitmap(ctx, bitmap, color, fillAlpha) {
+    const { width, height } = state;
+    const { fill, edge, eroded } = scratch;
+    eroded.globalCompositeOperation = "source-over";
+    eroded.clearRect(0, 0, width, height);
+    eroded.drawImage(bitmap, 0, 0);
+    eroded.globalCompositeOperation = "destination-in";
+    for (const [dx, dy] of [[1, 0], [-1, 0], [0, 1], [0, -1]]) eroded.drawImage(bitmap, dx, dy);
+    edge.globalCompositeOperation = "source-over";
+    edge.clearRect(0, 0, width, height);
+    edge.drawImage(bitmap, 0, 0);
+    edge.globalCompositeOperation = "destination-out";
+    edge.drawImage(eroded.canvas, 0, 0);
+    edge.globalCompositeOperation = "source-in";
+    edge.fillStyle = `rgb(${color.join(",")})`;
+    edge.fillRect(0, 0, width, height);
+    fill.globalCompositeOperation = "source-over";
+    fill.clearRect(0, 0, width, height);
+    fill.drawImage(bitmap, 0, 0);
+    fill.globalCompositeOperation = "source-in";
+    fill.fillStyle = `rgba(${color.join(",")},${fillAlpha / 255})`;
+    fill.fillRect(0, 0, width, height);
+    ctx.drawImage(fill.canvas, 0, 0);
+    ctx.drawImage(edge.canvas, 0, 0);
+  }
+
+  function renderCurrentMask() {
+    const { width, height } = state;
+    if (!width) return;
+    const ctx = els.maskCanvas.getContext("2d");
+    const chosen = state.candidates[state.selected];
+    debug.shownIndex = -1;
+    if (chosen && !chosen.bitmap) {
+      // Not decoded yet (a candidate picked right after the answer): draw when it is.
+      candidateBitmap(chosen).then(() => { if (state.candidates[state.selected] === chosen) renderCurrentMask(); });
+      return;
+    }
+    ctx.clearRect(0, 0, width, height);
+    if (!chosen) return;
+    drawMaskBitmap(ctx, chosen.bitmap, SamMasks.color(state.nextColor), MASK_ALPHA);
+    debug.shownIndex = state.selected;
+  }
+
+  function renderObjects() {
+    const { width, height } = state;
+    if (width) {
+      const ctx = els.objectsCanvas.getContext("2d");
+      const image = ctx.createImageData(width, height);
+      const pixels = new Uint32Array(image.data.buffer);
+      for (const o of state.objects) paintMask(pixels, o.mask, width, height, o.color, OBJECT_ALPHA, o.bbox);
+      ctx.putImageData(image, 0, 0);
+    }
+    els.objectCount.textContent = String(state.objects.length);
+    els.objects.replaceChildren(...state.objects.map((o, i) => {
+      const li = document.createElement("li");
+      const sw = document.createElement("span");
+      sw.className = "swatch";
+      sw.style.background = `rgb(${o.color.join(",")})`;
+      const label = document.createElement("span");
+      label.className = "label";
+      label.textContent = `#${i + 1} · ${o.area.toLocaleString()} px · ${o.score.toFixed(3)}${o.source === "everything" ? " · auto" : ""}`;
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.title = "remove";
+      remove.textContent = "×";
+      remove.addEventListener("click", () => {
+        state.objects = state.objects.filter((x) => x !== o);
+        renderObjects();
+      });
+      li.append(sw, label, remove);
+      return li;
+    }));
+    renderButtons();
+  }
+
+  function drawPrompts(previewBox) {
+    const { width, height } = state;
+    if (!width) return;
+    const ctx = els.promptCanvas.getContext("2d");
+    ctx.clearRect(0, 0, width, height);
+    // Canvas pixels are image pixels; keep markers a constant size on screen.
+    const perScreenPx = width / Math.max(1, els.promptCanvas.getBoundingClientRect().width);
+    const r = 6 * perScreenPx;
+    ctx.lineWidth = 2 * perScreenPx;
+    for (const box of [state.box, previewBox]) {
+      if (!box) continue;
+      ctx.strokeStyle = "#1e90ff";
+      ctx.setLineDash(box === previewBox ? [6 * perScreenPx, 4 * perScreenPx] : []);
+      ctx.strokeRect(box[0], box[1], box[2] - box[0], box[3] - box[1]);
+    }
+    ctx.setLineDash([]);
+    state.points.forEach(([x, y], i) => {
+      ctx.beginPath();
+      ctx.arc(x, y, r, 0, 2 * Math.PI);
+      ctx.fillStyle = state.labels[i] ? "#14d03c" : "#ff3b3b";
+      ctx.fill();
+      ctx.strokeStyle = "#fff";
+      ctx.stroke();
+    });
+  }
+
+  function renderCandidates() {
+    if (!state.candidates.length) {
+      const p = document.createElement("div");
+      p.className = "empty";
+      p.textContent = state.imageId ? "Click on the image to segment an object." : "Open an image to start.";
+      els.candidates.replaceChildren(p);
+      return;
+    }
+    els.candidates.replaceChildren(...state.candidates.map((c, i) => {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = i === state.selected ? "selected" : "";
+      b.dataset.index = String(i);
+      b.innerHTML = `<span class="key">mask ${i + 1}</span><span class="score">${c.score.toFixed(3)}</span><span class="area">${c.area.toLocaleString()} px</span>`;
+      b.addEventListener("click", () => select(i));
+      return b;
+    }));
+  }
+
+  function renderButtons() {
+    const hasImage = Boolean(state.imageId);
+    els.acceptBtn.disabled = !state.candidates.length || state.busy;
+    els.undoBtn.disabled = !(state.history.length || state.objects.length) || state.busy;
+    els.clearBtn.disabled = !(state.points.length || state.box) || state.busy;
+    els.everythingBtn.disabled = !hasImage || state.busy;
+    els.removeAllBtn.disabled = !state.objects.length || state.busy;
+    els.exportPngBtn.disabled = !state.objects.length;
+    els.exportCocoBtn.disabled = !state.objects.length;
+    els.openBtn.disabled = state.busy;
+    els.swatch.style.background = `rgb(${SamMasks.color(state.nextColor).join(",")})`;
+  }
+
+  function renderCurrent() {
+    renderCurrentMask();
+    drawPrompts();
+    renderCandidates();
+    renderButtons();
+  }
+
+  function renderAll() {
+    renderObjects();
+    renderCurrent();
+  }
+
+  // ------------------------------------------------------------------ wiring
+  els.openBtn.addEventListener("click", () => els.fileInput.click());
+  els.fileInput.addEventListener("change", () => {
+    const file = els.fileInput.files[0];
+    els.fileInput.value = "";
+    openFile(file);
+  });
+  els.acceptBtn.addEventListener("click", accept);
+  els.undoBtn.addEventListener("click", undo);
+  els.clearBtn.addEventListener("click", clearCurrent);
+  els.everythingBtn.addEventListener("click", segmentEverything);
+  els.removeAllBtn.addEventListener("click", () => { state.objects = []; renderObjects(); });
+  els.exportCocoBtn.addEventListener("click", exportCoco);
+  els.exportPngBtn.addEventListener("click", () => exportPngs().catch((e) => setStatus(e.message, true)));
+
+  // A file dropped anywhere on the page opens it (and never navigates away from the page).
+  for (const type of ["dragenter", "dragover"]) {
+    document.addEventListener(type, (e) => { e.preventDefault(); els.stage.classList.add("dragover"); });
+  }
+  document.addEventListener("dragleave", (e) => { if (!e.relatedTarget) els.stage.classList.remove("dragover"); });
+  document.addEventListener("drop", (e) => {
+    e.preventDefault();
+    els.stage.classList.remove("dragover");
+    if (!state.busy && e.dataTransfer && e.dataTransfer.files.length) openFile(e.dataTransfer.files[0]);
+  });
+
+  document.addEventListener("keydown", (e) => {
+    const tag = (e.target && e.target.tagName) || "";
+    if (tag === "INPUT" || tag === "SELECT" || tag === "TEXTAREA") return;
+    if (e.key === "Enter") { e.preventDefault(); accept(); }
+    else if (e.key === "Backspace" || ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "z")) { e.preventDefault(); undo(); }
+    else if (e.key === "Escape") { clearCurrent(); }
+    else if (["1", "2", "3"].includes(e.key) && !e.ctrlKey && !e.metaKey && !e.altKey) { select(Number(e.key) - 1); }
+  });
+
+  apiJson("GET", "/api/health")
+    .then((h) => { els.modelInfo.textContent = `${h.model} · ${h.dtype} · ${h.device}`; })
+    .catch(() => setStatus("the server is unreachable", true));
+  renderAll();
+})();

@@ -1,0 +1,1 @@
+"""Tests of the web app and HTTP API (samkit.server, samkit serve)."""

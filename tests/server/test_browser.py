@@ -1,0 +1,243 @@
+"""The web page in headless Chromium (Playwright): upload, click, overlay pixels, keys, export."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from samkit.io import load_image
+
+from .support import image_bytes
+
+W, H = 240, 160
+
+_OVERLAY_JS = """(id) => {
+  const c = document.getElementById(id);
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  const out = new Array(c.width * c.height);
+  for (let i = 0; i < out.length; i++) out[i] = d[4 * i + 3] > 0 ? 1 : 0;
+  return {width: c.width, height: c.height, alpha: out};
+}"""
+
+
+def _overlay(page, canvas_id: str) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """(H, W) bool: where the canvas has any opacity."""
+    data = page.evaluate(_OVERLAY_JS, canvas_id)
+    assert (data["width"], data["height"]) == (W, H)
+    return np.array(data["alpha"], dtype=bool).reshape(H, W)
+
+
+def _masks(body: dict) -> np.ndarray:
+    out = []
+    for b64 in body["masks"]:
+        with Image.open(io.BytesIO(base64.b64decode(b64))) as image:
+            out.append(np.asarray(image).astype(bool))
+    return np.stack(out)  # (3, H, W)
+
+
+def _screen(page, x: float, y: float) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """Image pixel -> page coordinates of the prompt canvas."""
+    box = page.locator("#prompt-canvas").bounding_box()
+    return box["x"] + x / W * box["width"], box["y"] + y / H * box["height"]
+
+
+def _open(page, live_server, tmp_path: Path, seed: int) -> tuple[Path, bytes]:  # type: ignore[no-untyped-def]
+    data = image_bytes(W, H, seed=seed)
+    path = tmp_path / f"picture{seed}.png"
+    path.write_bytes(data)
+    page.goto(live_server.url)
+    page.set_input_files("#file-input", str(path))
+    page.wait_for_function("document.body.dataset.imageId", timeout=30_000)
+    assert page.evaluate("document.body.dataset.imageId") == hashlib.sha256(data).hexdigest()
+    return path, data
+
+
+def _click_and_wait(page, x: float, y: float, *, button: str = "left") -> dict:  # type: ignore[no-untyped-def]
+    drawn = page.evaluate("window.samkit.predictsDrawn")
+    with page.expect_response(lambda r: r.url.endswith("/predict")) as info:
+        page.mouse.click(*_screen(page, x, y), button=button)
+    response = info.value
+    assert response.status == 200
+    page.wait_for_function(f"window.samkit.predictsDrawn > {drawn}")
+    return {"request": response.request.post_data_json, "body": response.json()}
+
+
+def test_click_overlay_undo_accept_and_export(browser, live_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    _open(page, live_server, tmp_path, seed=21)
+
+    # Left click: one positive point at the image pixel under the cursor.
+    first = _click_and_wait(page, 70, 50)
+    ((x, y),) = first["request"]["points"]
+    assert abs(x - 70) < 1.0 and abs(y - 50) < 1.0
+    assert first["request"]["labels"] == [1]
+    masks = _masks(first["body"])
+    best = int(np.argmax(first["body"]["scores"]))
+    assert 0 < masks[best].sum() < W * H
+    np.testing.assert_array_equal(_overlay(page, "mask-canvas"), masks[best])
+
+    # Keys 1/2/3 switch the candidate shown.
+    other = (best + 1) % 3
+    page.keyboard.press(str(other + 1))
+    page.wait_for_function(f"window.samkit.shownIndex === {other}")  # it may still be decoding
+    np.testing.assert_array_equal(_overlay(page, "mask-canvas"), masks[other])
+    assert page.locator("#candidates button.selected").get_attribute("data-index") == str(other)
+    page.keyboard.press(str(best + 1))
+    page.wait_for_function(f"window.samkit.shownIndex === {best}")
+
+    # Right click: a negative point; Backspace undoes it without a new request.
+    second = _click_and_wait(page, 200, 120, button="right")
+    assert second["request"]["labels"] == [1, 0]
+    assert not np.array_equal(_masks(second["body"]), masks)
+    page.keyboard.press("Backspace")
+    page.wait_for_function(f"window.samkit.shownIndex === {best}")
+    np.testing.assert_array_equal(_overlay(page, "mask-canvas"), masks[best])
+    assert page.evaluate("window.samkit.state.points.length") == 1
+
+    # Enter accepts: the object moves to the objects layer, the current mask clears.
+    page.keyboard.press("Enter")
+    assert page.inner_text("#object-count") == "1"
+    assert not _overlay(page, "mask-canvas").any()
+    np.testing.assert_array_equal(_overlay(page, "objects-canvas"), masks[best])
+
+    # COCO JSON export.
+    with page.expect_download() as download_info:
+        page.click("#export-coco-btn")
+    coco_path = tmp_path / "export.json"
+    download_info.value.save_as(coco_path)
+    assert download_info.value.suggested_filename == "picture21_coco.json"
+    coco = COCO(str(coco_path))
+    annotations = coco.loadAnns(coco.getAnnIds())
+    assert len(annotations) == 1
+    (annotation,) = annotations
+    assert annotation["area"] == int(masks[best].sum())
+    np.testing.assert_array_equal(coco.annToMask(annotation).astype(bool), masks[best])
+    rle = mask_utils.encode(np.asfortranarray(masks[best].astype(np.uint8)))
+    assert annotation["bbox"] == mask_utils.toBbox(rle).tolist()
+    assert coco.loadImgs(annotation["image_id"])[0]["width"] == W
+    assert json.loads(coco_path.read_text())["annotations"][0]["point_labels"] == [1]
+
+    # PNG masks in a zip.
+    with page.expect_download() as download_info:
+        page.click("#export-png-btn")
+    zip_path = tmp_path / "masks.zip"
+    download_info.value.save_as(zip_path)
+    with zipfile.ZipFile(zip_path) as archive:
+        assert archive.testzip() is None
+        names = archive.namelist()
+        assert names == ["picture21_mask_001.png"]
+        with Image.open(io.BytesIO(archive.read(names[0]))) as image:
+            assert image.size == (W, H)
+            np.testing.assert_array_equal(np.asarray(image).astype(bool), masks[best])
+
+    # Undo with no prompts removes the last accepted object.
+    page.keyboard.press("Control+z")
+    assert page.inner_text("#object-count") == "0"
+    assert not _overlay(page, "objects-canvas").any()
+    assert errors == []
+    page.close()
+
+
+def test_dropped_file_opens_then_drag_draws_a_box_and_escape_clears(browser, live_server) -> None:  # type: ignore[no-untyped-def]
+    page = browser.new_page()
+    page.goto(live_server.url)
+    data = image_bytes(W, H, seed=22)
+    transfer = page.evaluate_handle(
+        """(b64) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], "dropped.png", {type: "image/png"}));
+            return dt;
+        }""",
+        base64.b64encode(data).decode(),
+    )
+    page.dispatch_event("#dropzone", "drop", {"dataTransfer": transfer})
+    page.wait_for_function("document.body.dataset.imageId", timeout=30_000)
+    assert page.evaluate("document.body.dataset.imageId") == hashlib.sha256(data).hexdigest()
+    assert "dropped.png" in page.inner_text("#file-name")
+    drawn = page.evaluate("window.samkit.predictsDrawn")
+    with page.expect_response(lambda r: r.url.endswith("/predict")) as info:
+        page.mouse.move(*_screen(page, 30, 20))
+        page.mouse.down()
+        page.mouse.move(*_screen(page, 100, 70), steps=4)
+        page.mouse.move(*_screen(page, 180, 130), steps=4)
+        page.mouse.up()
+    request = info.value.request.post_data_json
+    assert request["points"] == [] and request["labels"] == []
+    assert np.allclose(request["box"], [30, 20, 180, 130], atol=1.0)
+    page.wait_for_function(f"window.samkit.predictsDrawn > {drawn}")
+    body = info.value.json()
+    best = int(np.argmax(body["scores"]))
+    np.testing.assert_array_equal(_overlay(page, "mask-canvas"), _masks(body)[best])
+    page.keyboard.press("Escape")
+    assert not _overlay(page, "mask-canvas").any()
+    assert page.evaluate("window.samkit.state.box") is None
+    page.close()
+
+
+def test_format_the_browser_cannot_show_uses_the_server_preview(browser, live_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    picture = load_image(image_bytes(W, H, seed=24))
+    path = tmp_path / "scan.tif"
+    Image.fromarray(picture).save(path, format="TIFF")  # Chromium does not decode TIFF
+    page = browser.new_page()
+    previews: list[str] = []
+    page.on("request", lambda r: previews.append(r.url) if r.url.endswith("/preview") else None)
+    page.goto(live_server.url)
+    page.set_input_files("#file-input", str(path))
+    page.wait_for_function("document.body.dataset.imageId", timeout=30_000)
+    assert len(previews) == 1
+    shown = np.array(
+        page.evaluate(
+            """() => {
+                const c = document.getElementById('image-canvas');
+                return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data);
+            }"""
+        )
+    ).reshape(H, W, 4)
+    assert np.abs(shown[..., :3].astype(int) - picture.astype(int)).mean() < 4
+    _click_and_wait(page, 100, 80)  # and it segments as usual
+    page.close()
+
+
+def test_segment_everything_button(browser, live_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    page = browser.new_page()
+    _open(page, live_server, tmp_path, seed=23)
+    page.select_option("#points-per-side", "8")
+    sent: list[dict] = []
+
+    def lower_thresholds(route) -> None:  # type: ignore[no-untyped-def]
+        # The random tiny model scores low: keep every mask so the overlay has something to show.
+        body = route.request.post_data_json
+        sent.append(body)
+        route.continue_(post_data=json.dumps({**body, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}))
+
+    page.route("**/everything", lower_thresholds)
+    with page.expect_response(lambda r: r.url.endswith("/everything"), timeout=60_000) as info:
+        page.click("#everything-btn")
+    assert info.value.status == 200, info.value.text()
+    assert sent == [{"points_per_side": 8}]
+    body = info.value.json()
+    page.wait_for_function("document.body.dataset.busy === '0'")
+    expected = [m for m in body["masks"] if m["area"] > 0]
+    assert expected, "no masks to show: the check below would prove nothing"
+    assert int(page.inner_text("#object-count")) == len(expected)
+    union = np.zeros((H, W), dtype=bool)
+    for record in expected:
+        rle = {"size": record["segmentation"]["size"], "counts": record["segmentation"]["counts"].encode()}
+        union |= mask_utils.decode(rle).astype(bool)
+    np.testing.assert_array_equal(_overlay(page, "objects-canvas"), union)
+    # One undo removes the whole segment-everything batch.
+    page.keyboard.press("Backspace")
+    assert page.inner_text("#object-count") == "0"
+    page.close()
