@@ -1,0 +1,44 @@
+"""``samkit embed``: image embeddings for many images, one safetensors file per image."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from .common import add_model_args
+
+__all__ = ["register", "run"]
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``embed`` subcommand."""
+    from ..scale.cli_support import add_engine_args
+
+    parser = subparsers.add_parser(
+        "embed",
+        help="compute image embeddings for many images (resumable; local or on Ray)",
+        description=(
+            "Encode every image once and save its embedding (what SamPredictor.save_embedding writes; "
+            "load with SamPredictor.load_embedding). Images already done in OUT are skipped; "
+            "OUT/manifest.json lists every image, its file and status."
+        ),
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively)")
+    parser.add_argument("--out", required=True, help="output folder")
+    add_model_args(parser)
+    add_engine_args(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``samkit embed``; returns 0, or 1 when some images failed."""
+    from ..scale import run_job
+    from ..scale.cli_support import engine_kwargs, model_factory
+
+    engine = engine_kwargs(args)
+    factory, job_id = model_factory(args)
+    summary = run_job("embed", args.inputs, args.out, model_factory=factory, job_id=job_id, **engine)
+    print(summary.describe())
+    return 1 if summary.failed else 0

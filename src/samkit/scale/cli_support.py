@@ -1,0 +1,85 @@
+"""Command-line options shared by the job subcommands (``samkit embed``, ``samkit everything``)."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from typing import Any
+
+__all__ = ["add_engine_args", "engine_kwargs", "model_factory", "build_worker_model"]
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    """Add --engine, --ray-address, --workers and --threads."""
+    group = parser.add_argument_group("engine")
+    group.add_argument(
+        "--engine",
+        default="local",
+        choices=("local", "ray"),
+        help="local: one model in this process (default); ray: a pool of model replicas on Ray (pip install 'samkit[ray]')",
+    )
+    group.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster to join, e.g. auto or ray://host:10001 (default: start a local one); needs --engine ray",
+    )
+    group.add_argument("--workers", type=int, default=1, help="model replicas (Ray actors); needs --engine ray")
+    group.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: automatic)")
+    group.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The :func:`samkit.scale.run_job` keyword arguments named by :func:`add_engine_args`.
+
+    Raises:
+        samkit.cli.UserError: inconsistent options.
+    """
+    from ..cli import UserError
+
+    if args.workers < 1:
+        raise UserError(f"--workers: expected at least 1, got {args.workers}")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads: expected at least 1, got {args.threads}")
+    if args.engine == "local" and (args.workers != 1 or args.ray_address is not None):
+        raise UserError("--workers and --ray-address need --engine ray")
+    if args.engine == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise UserError("--engine ray needs Ray: pip install 'samkit[ray]'") from None
+    return {
+        "engine": args.engine,
+        "ray_address": args.ray_address,
+        "workers": args.workers,
+        "threads": args.threads,
+        "progress": not args.no_progress,
+    }
+
+
+def model_factory(args: argparse.Namespace) -> tuple[Any, str]:
+    """A picklable factory for the model named by ``samkit.cli.common.add_model_args`` options.
+
+    Returns:
+        (factory, job_id): ``functools.partial(build_sam, ...)`` (each worker builds its own
+        replica on its own device) and a string identifying model and weights.
+    """
+    from ..cli.common import existing_file
+
+    checkpoint = None if args.checkpoint is None else str(existing_file(args.checkpoint, "--checkpoint").resolve())
+    if checkpoint is None:
+        from ..weights import resolve_checkpoint
+
+        checkpoint = str(resolve_checkpoint(args.model, None))  # download once here, not in every worker
+    factory = functools.partial(build_worker_model, args.model, checkpoint, args.device, args.dtype)
+    return factory, f"{args.model}:{checkpoint}:{args.dtype}"
+
+
+def build_worker_model(variant: str, checkpoint: str, device: str | None, dtype: str) -> Any:
+    """Build one replica in the worker process: on CUDA when that worker has a GPU, else CPU."""
+    import torch
+
+    from ..build import build_sam
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return build_sam(variant, checkpoint, device=device, dtype=dtype)

@@ -1,0 +1,157 @@
+"""Per-image work: the pure function that turns one image file into one output file's bytes.
+
+Both engines run exactly this code (in-process or inside a Ray actor), so their outputs are
+byte-identical for the same model and thread count.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..modeling import Sam
+
+# Must match SamPredictor.save_embedding so that SamPredictor.load_embedding reads our files.
+from ..predictor import _EMBEDDING_FORMAT
+
+__all__ = ["WorkItem", "ImageResult", "ImageProcessor", "embedding_bytes"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One image of a job.
+
+    Attributes:
+        index: position of the image in the job's input list.
+        image: path of the image file (as listed).
+        output: path of its output file, relative to the job's output directory.
+    """
+
+    index: int
+    image: str
+    output: str
+
+
+@dataclass
+class ImageResult:
+    """What a worker returns for one image.
+
+    Attributes:
+        item: the work item.
+        ok: True when ``data`` holds the output file's bytes.
+        data: the output file's content (empty when not ok).
+        count: masks found (everything) or embeddings written (embed, 1).
+        error: one-line reason when not ok.
+        seconds: time spent on this image by the worker.
+        worker: an id of the process that did the work.
+    """
+
+    item: WorkItem
+    ok: bool
+    data: bytes = b""
+    count: int = 0
+    error: str | None = None
+    seconds: float = 0.0
+    worker: str = field(default="")
+
+
+def embedding_bytes(predictor: Any) -> bytes:
+    """The bytes :meth:`SamPredictor.save_embedding` would write for the current image.
+
+    Args:
+        predictor: a :class:`samkit.SamPredictor` with an image set.
+
+    Returns:
+        a safetensors file holding ``features`` (1, C, h, w) float32 and the image sizes.
+    """
+    from safetensors.torch import save
+
+    meta = {
+        "format": _EMBEDDING_FORMAT,
+        "model": predictor.model.config.name,
+        "original_size": json.dumps(predictor.original_size),
+        "input_size": json.dumps(predictor.input_size),
+    }
+    return save({"features": predictor.features.float().cpu().contiguous()}, metadata=meta)
+
+
+class ImageProcessor:
+    """Holds one model replica and turns image paths into output bytes.
+
+    Args:
+        kind: ``"everything"`` or ``"embed"``.
+        model_factory: builds the model (called once, in the process that does the work).
+        generator_kwargs: arguments of :class:`samkit.everything.SamAutomaticMaskGenerator`
+            (everything only; ``output_mode`` is always ``"coco_rle"``).
+        threads: torch intra-op threads for this process (None: leave torch's default).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        model_factory: Callable[[], Sam],
+        generator_kwargs: dict[str, Any] | None = None,
+        threads: int | None = None,
+    ) -> None:
+        import os
+
+        if threads is not None:
+            torch.set_num_threads(int(threads))
+        self.kind = kind
+        self.worker = f"{os.getpid()}"
+        model = model_factory()
+        if not isinstance(model, Sam):
+            raise TypeError(f"model_factory: expected it to return a samkit Sam, got {type(model).__name__}")
+        self.model = model
+        if kind == "everything":
+            from ..everything import SamAutomaticMaskGenerator
+
+            kwargs = dict(generator_kwargs or {})
+            kwargs["output_mode"] = "coco_rle"
+            kwargs["progress"] = False
+            self.generator: Any = SamAutomaticMaskGenerator(model, **kwargs)
+            self.predictor: Any = self.generator.predictor
+        else:
+            from ..predictor import SamPredictor
+
+            self.generator = None
+            self.predictor = SamPredictor(model)
+
+    def __call__(self, item: WorkItem) -> ImageResult:
+        """Process one image; unreadable images and model errors become a failed result."""
+        from ..io import ImageReadError, load_image
+
+        start = time.perf_counter()
+        try:
+            image = load_image(item.image)  # (H, W, 3) uint8
+        except (ImageReadError, OSError, ValueError) as exc:
+            return ImageResult(item, ok=False, error=f"cannot read image: {exc}", worker=self.worker)
+        try:
+            with torch.inference_mode():
+                if self.kind == "everything":
+                    records = self.generator.generate(image)
+                    doc = {
+                        "image": item.image,
+                        "height": int(image.shape[0]),
+                        "width": int(image.shape[1]),
+                        "annotations": records,
+                    }
+                    data = json.dumps(doc, separators=(",", ":")).encode("utf-8")
+                    count = len(records)
+                else:
+                    self.predictor.set_image(image)
+                    data = embedding_bytes(self.predictor)
+                    self.predictor.reset_image()
+                    count = 1
+        except (RuntimeError, ValueError) as exc:  # e.g. out of memory on one huge image
+            logger.warning("%s: %s", item.image, exc)
+            return ImageResult(item, ok=False, error=f"{type(exc).__name__}: {exc}", worker=self.worker)
+        return ImageResult(item, ok=True, data=data, count=count, seconds=time.perf_counter() - start, worker=self.worker)
