@@ -14,8 +14,9 @@ import functools
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor
+
+from .geometry import map_boxes, map_coords, preprocess_shape, resize_longest_side
 
 __all__ = [
     "preprocess_shape",
@@ -29,28 +30,6 @@ __all__ = [
     "resize_axis_weights",
     "ResizeLongestSide",
 ]
-
-
-def preprocess_shape(old_h: int, old_w: int, long_side: int) -> tuple[int, int]:
-    """(H, W) of an image resized so its longest side is ``long_side`` (round half up)."""
-    scale = long_side * 1.0 / max(old_h, old_w)
-    new_h, new_w = old_h * scale, old_w * scale
-    return int(new_h + 0.5), int(new_w + 0.5)
-
-
-def resize_longest_side(image: np.ndarray, long_side: int) -> np.ndarray:
-    """Resize an (H, W, 3) uint8 image so its longest side is ``long_side``.
-
-    Uses Pillow's bilinear filter on uint8, like the official pipeline.
-
-    Returns:
-        (h, w, 3) uint8.
-    """
-    new_h, new_w = preprocess_shape(image.shape[0], image.shape[1], long_side)
-    if (new_h, new_w) == image.shape[:2]:
-        return np.ascontiguousarray(image)
-    resized = Image.fromarray(np.ascontiguousarray(image)).resize((new_w, new_h), Image.BILINEAR)
-    return np.asarray(resized)
 
 
 def normalize_and_pad(images: Tensor, mean: Tensor, std: Tensor, size: int) -> Tensor:
@@ -67,26 +46,6 @@ def normalize_and_pad(images: Tensor, mean: Tensor, std: Tensor, size: int) -> T
     x = (images.to(mean.dtype) - mean) / std
     h, w = x.shape[-2:]
     return F.pad(x, (0, size - w, 0, size - h))
-
-
-def map_coords(coords: np.ndarray, original_size: tuple[int, int], long_side: int) -> np.ndarray:
-    """Map (..., 2) (x, y) pixel coordinates of the original image to the resized image.
-
-    The scale factors are computed in float64 (as the official code does) and the
-    result is returned as float32, ready for the model.
-    """
-    old_h, old_w = original_size
-    new_h, new_w = preprocess_shape(old_h, old_w, long_side)
-    out = np.array(coords, dtype=np.float64, copy=True)
-    out[..., 0] = out[..., 0] * (new_w / old_w)
-    out[..., 1] = out[..., 1] * (new_h / old_h)
-    return out.astype(np.float32)
-
-
-def map_boxes(boxes: np.ndarray, original_size: tuple[int, int], long_side: int) -> np.ndarray:
-    """Map (..., 4) XYXY boxes of the original image to the resized image (float32)."""
-    shape = np.shape(boxes)
-    return map_coords(np.reshape(boxes, (-1, 2, 2)), original_size, long_side).reshape(shape)
 
 
 def map_coords_torch(coords: Tensor, original_size: tuple[int, int], long_side: int) -> Tensor:

@@ -1,0 +1,472 @@
+"""Export a :class:`samkit.modeling.Sam` to ONNX: encoder, decoder, optional int8 copies.
+
+Files written into the output directory:
+
+=====================  ===================================================================
+file                   content
+=====================  ===================================================================
+``encoder.onnx``       image encoder; input ``image`` (1, 3, S, S) float32 normalized and
+                       zero-padded (or, with ``raw_input``, (h, w, 3) uint8 pixels of the
+                       image resized to longest side S); output ``image_embeddings``
+``decoder.onnx``       prompt encoder + mask decoder + mask upscaling with the official SAM
+                       ONNX interface (see :mod:`samkit.onnx.modules`)
+``*.onnx.data``        the weights, next to a graph larger than 2 GB (vit_h encoder)
+``encoder.int8.onnx``  with ``quantize="int8"``: dynamically quantized copies (8-bit MatMul /
+``decoder.int8.onnx``  Gemm weights, activations quantized at run time; see
+                       :func:`quantize_int8`)
+=====================  ===================================================================
+
+Every graph passes ``onnx.checker`` and carries ``samkit.*`` metadata (image size, input
+kind, normalization, mask threshold) that :class:`samkit.onnx.OnnxPredictor` reads.
+
+The graphs are traced with the TorchScript exporter (``torch.onnx.export(dynamo=False)``),
+which gives predictable graphs for these static-shape models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..modeling import Sam
+from .modules import DecoderForExport, EncoderForExport, RawEncoderForExport
+from .tracing import traceable_attention
+
+__all__ = [
+    "DECODER_INPUTS",
+    "DECODER_OUTPUTS",
+    "export_decoder",
+    "export_encoder",
+    "export_onnx",
+    "quantize_int8",
+]
+
+logger = logging.getLogger(__name__)
+
+DECODER_INPUTS: tuple[str, ...] = (
+    "image_embeddings",
+    "point_coords",
+    "point_labels",
+    "mask_input",
+    "has_mask_input",
+    "orig_im_size",
+)
+DECODER_OUTPUTS: tuple[str, ...] = ("masks", "iou_predictions", "low_res_masks")
+
+QuantizeWeightType = Literal["quint8", "qint8"]
+
+
+def _require_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - depends on the installation
+        raise ImportError("ONNX export needs the 'onnx' package: pip install 'samkit[onnx]'") from exc
+
+
+def _metadata(sam: Sam, role: str, **extra: object) -> dict[str, str]:
+    """samkit.* metadata stored in each graph (all values are strings)."""
+    meta: dict[str, object] = {
+        "samkit.format": 1,
+        "samkit.role": role,
+        "samkit.model": sam.config.name,
+        "samkit.img_size": sam.img_size,
+        "samkit.mask_threshold": sam.mask_threshold,
+        "samkit.pixel_mean": json.dumps([float(v) for v in sam.pixel_mean.flatten().tolist()]),
+        "samkit.pixel_std": json.dumps([float(v) for v in sam.pixel_std.flatten().tolist()]),
+        "samkit.image_format": sam.image_format,
+    }
+    meta.update(extra)
+    return {key: str(value) for key, value in meta.items()}
+
+
+def _uses_external_data(path: Path) -> bool:
+    """Whether the graph at ``path`` keeps tensors in external files."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    model = onnx.load(str(path), load_external_data=False)
+    return any(uses_external_data(t) for t in model.graph.initializer)
+
+
+def _remove_model_files(path: Path) -> None:
+    """Delete a previous ``path`` and its ``path.data`` so stale weights never linger."""
+    for candidate in (path, path.with_name(path.name + ".data")):
+        if candidate.exists():
+            candidate.unlink()
+
+
+def _move_weights_to_one_file(model: object, source_dir: Path, data_path: Path, min_bytes: int = 1024) -> None:
+    """Store every initializer of ``min_bytes`` or more in ``data_path``, one tensor at a time.
+
+    Tensors already external (the exporter writes one file per tensor above 2 GB; the
+    quantizer one file with offsets) are copied from ``source_dir`` without loading the
+    whole model, so a vit_h export never holds two copies of its weights in memory.
+    """
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    assert isinstance(model, onnx.ModelProto)
+    with open(data_path, "wb") as sink:
+        for tensor in model.graph.initializer:
+            if uses_external_data(tensor):
+                info = ExternalDataInfo(tensor)
+                with open(source_dir / info.location, "rb") as source:
+                    source.seek(info.offset or 0)
+                    payload = source.read(info.length) if info.length is not None else source.read()
+            elif tensor.HasField("raw_data") and len(tensor.raw_data) >= min_bytes:
+                payload = tensor.raw_data
+                tensor.ClearField("raw_data")
+            else:
+                continue
+            offset = sink.tell()
+            sink.write(payload)
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", data_path.name), ("offset", offset), ("length", len(payload))):
+                tensor.external_data.add(key=key, value=str(value))
+
+
+def _finalize(tmp_path: Path, path: Path, metadata: dict[str, str], external_data: bool | None) -> Path:
+    """Add metadata, choose inline or external weights, check, and move into place atomically.
+
+    Args:
+        tmp_path: graph written by the exporter or quantizer (its external data, if any, beside it).
+        path: final location.
+        metadata: key/value pairs for ``metadata_props``.
+        external_data: True/False to force, None to use external data only when the source
+            already does (weights over protobuf's 2 GB limit: the vit_h encoder).
+    """
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    model = onnx.load(str(tmp_path), load_external_data=False)
+    del model.metadata_props[:]
+    for key, value in sorted(metadata.items()):
+        model.metadata_props.add(key=key, value=value)
+    source_external = any(uses_external_data(t) for t in model.graph.initializer)
+    if external_data is None:
+        external_data = source_external
+    elif not external_data and source_external:
+        onnx.load_external_data_for_model(model, str(tmp_path.parent))
+    stage_dir = tmp_path.parent / "staged"  # final file names, so the data location is right
+    stage_dir.mkdir()
+    staged, staged_data = stage_dir / path.name, stage_dir / (path.name + ".data")
+    if external_data:
+        _move_weights_to_one_file(model, tmp_path.parent, staged_data)
+    onnx.save_model(model, str(staged))
+    del model
+    onnx.checker.check_model(str(staged), full_check=True)  # the path form handles external data
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_model_files(path)
+    if external_data:
+        os.replace(staged_data, path.with_name(staged_data.name))
+    os.replace(staged, path)
+    logger.info("wrote %s (%.1f MB%s)", path, path.stat().st_size / 1e6, " + external data" if external_data else "")
+    return path
+
+
+def _trace_to_onnx(
+    module: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    path: Path,
+    *,
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_axes: dict[str, dict[int, str]],
+    opset: int,
+) -> None:
+    """TorchScript-export ``module`` (float32, CPU, eval) to ``path``."""
+    with warnings.catch_warnings():
+        # The tracer warns about Python-level shape checks (batch sizes, always equal here: the
+        # graphs have batch 1) and about the TorchScript exporter being the legacy one.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", message=".*feature will be removed.*")
+        with torch.no_grad():
+            torch.onnx.export(
+                module,
+                args,
+                str(path),  # a str path lets the exporter write >2 GB weights as external data
+                dynamo=False,
+                export_params=True,
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_axes=dynamic_axes,
+                opset_version=opset,
+                do_constant_folding=True,
+            )
+
+
+def _float32_cpu(sam: Sam) -> Sam:
+    if sam.dtype != torch.float32 or sam.device.type != "cpu":
+        raise ValueError(
+            f"export a float32 CPU model (build_sam(..., device='cpu', dtype=torch.float32)); "
+            f"got {sam.dtype} on {sam.device}"
+        )
+    return sam.eval()
+
+
+def export_encoder(
+    sam: Sam,
+    path: str | os.PathLike[str],
+    *,
+    opset: int = 17,
+    raw_input: bool = False,
+    external_data: bool | None = None,
+) -> Path:
+    """Export the image encoder.
+
+    Args:
+        sam: float32 CPU model.
+        path: output ``.onnx`` file.
+        opset: ONNX opset (>= 14 for attention; 17 by default, as the official export).
+        raw_input: input ``image`` is (h, w, 3) uint8 pixels of the image resized to longest
+            side S (``samkit.geometry.resize_longest_side``), normalized and padded in the
+            graph; otherwise (1, 3, S, S) float32, already normalized and padded.
+        external_data: store weights in ``path.data``; None: only when they exceed 2 GB.
+
+    Returns:
+        the written path. Output ``image_embeddings`` is (1, C, S/16, S/16) float32.
+    """
+    _require_onnx()
+    sam = _float32_cpu(sam)
+    path = Path(path)
+    s = sam.img_size
+    module: nn.Module
+    if raw_input:
+        module = RawEncoderForExport(sam).eval()
+        example = torch.zeros((s, (3 * s) // 4, 3), dtype=torch.uint8)  # (h, w, 3), landscape-agnostic
+        dynamic_axes = {"image": {0: "height", 1: "width"}}
+        input_kind = "raw_uint8_hwc"
+    else:
+        module = EncoderForExport(sam).eval()
+        example = torch.zeros((1, 3, s, s), dtype=torch.float32)
+        dynamic_axes = {}
+        input_kind = "normalized_padded_nchw"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".samkit-export-") as tmp:
+        tmp_path = Path(tmp) / path.name
+        with traceable_attention():
+            _trace_to_onnx(
+                module,
+                (example,),
+                tmp_path,
+                input_names=["image"],
+                output_names=["image_embeddings"],
+                dynamic_axes=dynamic_axes,
+                opset=opset,
+            )
+        meta = _metadata(sam, "encoder", **{"samkit.encoder_input": input_kind})
+        return _finalize(tmp_path, path, meta, external_data)
+
+
+def export_decoder(
+    sam: Sam,
+    path: str | os.PathLike[str],
+    *,
+    opset: int = 17,
+    return_single_mask: bool = False,
+) -> Path:
+    """Export prompt encoder + mask decoder with the official SAM ONNX decoder interface.
+
+    Args:
+        sam: float32 CPU model.
+        path: output ``.onnx`` file.
+        opset: ONNX opset.
+        return_single_mask: one mask chosen in the graph (as the official
+            ``--return-single-mask`` export) instead of all four mask tokens.
+
+    Returns:
+        the written path. Inputs/outputs: see :mod:`samkit.onnx.modules`.
+    """
+    _require_onnx()
+    sam = _float32_cpu(sam)
+    path = Path(path)
+    pe = sam.prompt_encoder
+    c = pe.embed_dim
+    h, w = pe.image_embedding_size
+    mh, mw = pe.mask_input_size
+    example = (
+        torch.zeros(1, c, h, w),  # image_embeddings
+        torch.tensor([[[10.0, 20.0], [0.0, 0.0]]]),  # point_coords (1, N, 2)
+        torch.tensor([[1.0, -1.0]]),  # point_labels (1, N)
+        torch.zeros(1, 1, mh, mw),  # mask_input
+        torch.zeros(1),  # has_mask_input
+        torch.tensor([float(sam.img_size // 2), float(sam.img_size)]),  # orig_im_size (H, W)
+    )
+    module = DecoderForExport(sam, return_single_mask=return_single_mask).eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".samkit-export-") as tmp:
+        tmp_path = Path(tmp) / path.name
+        _trace_to_onnx(
+            module,
+            example,
+            tmp_path,
+            input_names=list(DECODER_INPUTS),
+            output_names=list(DECODER_OUTPUTS),
+            dynamic_axes={
+                "point_coords": {1: "num_points"},
+                "point_labels": {1: "num_points"},
+                "masks": {2: "height", 3: "width"},
+            },
+            opset=opset,
+        )
+        num_masks = 1 if return_single_mask else sam.mask_decoder.num_mask_tokens
+        meta = _metadata(sam, "decoder", **{"samkit.num_mask_outputs": num_masks})
+        return _finalize(tmp_path, path, meta, external_data=False)
+
+
+def _low_rank_input_nodes(model: object, max_rows: int = 8) -> list[str]:
+    """MatMul / Gemm nodes whose constant weight has at most ``max_rows`` input rows.
+
+    In SAM these are the random-Fourier coordinate projections ((2, C/2) weights) of the
+    prompt encoder: quantizing them saves nothing and the error is amplified by 2*pi inside
+    sin/cos, which visibly moves mask borders.
+    """
+    import onnx
+
+    assert isinstance(model, onnx.ModelProto)
+    shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in shapes:
+            dims = shapes[node.input[1]]
+            rows = dims[-1] if node.op_type == "Gemm" and _gemm_trans_b(node) else dims[0]
+            if len(dims) == 2 and rows <= max_rows:
+                nodes.append(node.name)
+    return nodes
+
+
+def _gemm_trans_b(node: object) -> bool:
+    return any(a.name == "transB" and a.i == 1 for a in node.attribute)  # type: ignore[attr-defined]
+
+
+class _DropQuantizerChatter(logging.Filter):
+    """Drops onnxruntime.quantization's advice and per-tensor notes (logged on the root logger)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
+@contextlib.contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    """Silence the quantizer's root-logger chatter without configuring logging for the caller.
+
+    ``logging.warning()`` calls ``basicConfig()`` when the root logger has no handler; a
+    temporary NullHandler prevents that side effect.
+    """
+    root = logging.getLogger()
+    quiet = _DropQuantizerChatter()
+    placeholder = logging.NullHandler() if not root.handlers else None
+    if placeholder is not None:
+        root.addHandler(placeholder)
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
+        if placeholder is not None:
+            root.removeHandler(placeholder)
+
+
+def quantize_int8(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    weight_type: QuantizeWeightType = "quint8",
+) -> Path:
+    """Dynamic int8 quantization (onnxruntime ``quantize_dynamic``) of an exported graph.
+
+    MatMul / Gemm weights become 8-bit and activations are quantized at run time;
+    convolutions stay float32. The encoder's weights are quantized per output channel; the
+    decoder's per tensor (per channel was worse there), leaving its coordinate projections in
+    float32 (see :func:`_low_rank_input_nodes`).
+
+    Args:
+        src: float32 graph written by :func:`export_encoder` / :func:`export_decoder`.
+        dst: output path.
+        weight_type: "quint8" (unsigned, the default; the int8 IoU figures were measured with
+            it) or "qint8".
+
+    Returns:
+        the written path.
+    """
+    import onnx
+
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError as exc:  # pragma: no cover - depends on the installation
+        raise ImportError("int8 quantization needs onnxruntime: pip install 'samkit[onnx]'") from exc
+    types = {"quint8": QuantType.QUInt8, "qint8": QuantType.QInt8}
+    if weight_type not in types:
+        raise ValueError(f"weight_type: expected one of {sorted(types)}, got {weight_type!r}")
+    src, dst = Path(src), Path(dst)
+    graph = onnx.load(str(src), load_external_data=False)
+    source_meta = {p.key: p.value for p in graph.metadata_props}
+    is_encoder = source_meta.get("samkit.role") == "encoder"
+    excluded = _low_rank_input_nodes(graph)
+    del graph
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".samkit-quant-") as tmp:
+        tmp_path = Path(tmp) / dst.name
+        with _quiet_quantizer():
+            quantize_dynamic(
+                str(src),
+            str(tmp_path),
+            op_types_to_quantize=["MatMul", "Gemm"],
+            per_channel=is_encoder,
+            weight_type=types[weight_type],
+            nodes_to_exclude=excluded,
+            use_external_data_format=_uses_external_data(src),
+        )
+        source_meta["samkit.quantization"] = f"dynamic_{weight_type}{'_per_channel' if is_encoder else ''}"
+        return _finalize(tmp_path, dst, source_meta, external_data=None)
+
+
+def export_onnx(
+    sam: Sam,
+    out_dir: str | os.PathLike[str],
+    *,
+    opset: int = 17,
+    raw_input: bool = False,
+    quantize: Literal["int8"] | None = None,
+    return_single_mask: bool = False,
+    weight_type: QuantizeWeightType = "quint8",
+) -> dict[str, Path]:
+    """Write ``encoder.onnx`` and ``decoder.onnx`` (and int8 copies) into ``out_dir``.
+
+    Args:
+        sam: float32 CPU model.
+        out_dir: output directory (created).
+        opset: ONNX opset.
+        raw_input: encoder takes resized uint8 (h, w, 3) pixels (see :func:`export_encoder`).
+        quantize: "int8" to also write ``encoder.int8.onnx`` and ``decoder.int8.onnx``.
+        return_single_mask: see :func:`export_decoder`.
+        weight_type: int8 flavour, see :func:`quantize_int8`.
+
+    Returns:
+        {"encoder": path, "decoder": path[, "encoder_int8": path, "decoder_int8": path]}.
+    """
+    if quantize not in (None, "int8"):
+        raise ValueError(f"quantize: expected None or 'int8', got {quantize!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "encoder": export_encoder(sam, out / "encoder.onnx", opset=opset, raw_input=raw_input),
+        "decoder": export_decoder(sam, out / "decoder.onnx", opset=opset, return_single_mask=return_single_mask),
+    }
+    if quantize == "int8":
+        paths["encoder_int8"] = quantize_int8(paths["encoder"], out / "encoder.int8.onnx", weight_type=weight_type)
+        paths["decoder_int8"] = quantize_int8(paths["decoder"], out / "decoder.int8.onnx", weight_type=weight_type)
+    return paths
