@@ -144,9 +144,9 @@ class SamPredictor:
                 f"{path}: embedding was computed by model {meta.get('model')!r}, this predictor uses "
                 f"{self.model.config.name!r}"
             )
-        grid = self.model.prompt_encoder.image_embedding_size
-        if features.ndim != 4 or tuple(features.shape[-2:]) != grid:
-            raise ValueError(f"{path}: embedding has shape {tuple(features.shape)}, expected (1, 256, {grid[0]}, {grid[1]})")
+        expected = (1, self.model.prompt_encoder.embed_dim, *self.model.prompt_encoder.image_embedding_size)
+        if tuple(features.shape) != expected:
+            raise ValueError(f"{path}: embedding has shape {tuple(features.shape)}, expected {expected}")
         self.reset_image()
         self.original_size = tuple(json.loads(meta["original_size"]))  # type: ignore[assignment]
         self.input_size = tuple(json.loads(meta["input_size"]))  # type: ignore[assignment]

@@ -1,0 +1,109 @@
+"""Batched decoding of single-point prompts over one image embedding.
+
+Automatic mask generation decodes a grid of single foreground points and keeps only masks
+whose predicted IoU passes a threshold. The IoU head reads the transformer's IoU token alone,
+so the decode is split in two: first the two-way transformer and the IoU head for every
+prompt, then the mask upscaling network and the hypernetwork product only for the masks that
+survive the IoU filter. The prompt-independent image-side work of the first two-way layer is
+computed once per image (:meth:`samkit.modeling.Sam.decoder_cache`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..modeling import ImageSideCache, Sam
+
+__all__ = ["PointBatch", "PointDecoder"]
+
+
+@dataclass
+class PointBatch:
+    """Transformer outputs of a batch of B single-point prompts.
+
+    Attributes:
+        tokens: (B, T, C) output tokens (IoU token, mask tokens, prompt tokens).
+        image_tokens: (B, h*w, C) updated image tokens.
+        iou: (B, M) float32 predicted IoU of the M = 3 multimask outputs.
+    """
+
+    tokens: Tensor
+    image_tokens: Tensor
+    iou: Tensor
+
+
+class PointDecoder:
+    """Decodes single foreground points on one image embedding (multimask output).
+
+    Args:
+        model: the SAM model.
+        features: (1, C, h, w) image embedding from ``model.encode_image``.
+        cache: ``model.decoder_cache(features)``, computed here when not given.
+    """
+
+    def __init__(self, model: Sam, features: Tensor, cache: ImageSideCache | None = None) -> None:
+        self.model = model
+        self.cache = cache if cache is not None else model.decoder_cache(features)
+        self.embedding_size = tuple(features.shape[-2:])
+        decoder = model.mask_decoder
+        self._output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)  # (1+4, C)
+        self._first_mask = decoder.output_token_slice(True).start  # multimask outputs are tokens 1..3
+
+    @torch.inference_mode()
+    def run(self, coords: Tensor) -> PointBatch:
+        """Transformer and IoU head for B points.
+
+        Args:
+            coords: (B, 2) ``(x, y)`` points in the resized-image (model input) pixel space;
+                float64 keeps the reference's precision up to the positional encoding.
+
+        Returns:
+            the batch's tokens, image tokens and (B, 3) IoU predictions.
+        """
+        model = self.model
+        dtype = model.dtype
+        device = model.device
+        points = coords.to(device)[:, None, :]  # (B, 1, 2)
+        labels = torch.ones(points.shape[:2], dtype=torch.int64, device=device)  # (B, 1)
+        sparse = model.prompt_encoder.embed_points(points, labels, pad=True).to(dtype)  # (B, 2, C)
+        b = sparse.shape[0]
+        out_tokens = self._output_tokens.to(dtype).unsqueeze(0).expand(b, -1, -1)  # (B, 5, C)
+        tokens = torch.cat([out_tokens, sparse], dim=1)  # (B, 7, C)
+        decoder = model.mask_decoder
+        hs, image_tokens = decoder.transformer(None, None, tokens, cache=self.cache)  # (B, 7, C), (B, h*w, C)
+        iou = decoder.iou_prediction_head(hs[:, 0, :])[:, self._first_mask :]  # (B, 3)
+        return PointBatch(tokens=hs, image_tokens=image_tokens, iou=iou.float())
+
+    @torch.inference_mode()
+    def masks(self, batch: PointBatch, prompt: Tensor, output: Tensor) -> Tensor:
+        """Low-res logits of selected masks.
+
+        Args:
+            batch: from :meth:`run`.
+            prompt: (N,) int64 index of each mask's prompt in the batch.
+            output: (N,) int64 multimask output index (0..2) of each mask.
+
+        Returns:
+            (N, 4h, 4w) float32 logits (256x256 for SAM).
+        """
+        decoder = self.model.mask_decoder
+        h, w = self.embedding_size
+        n = prompt.shape[0]
+        if n == 0:
+            return torch.zeros((0, 4 * h, 4 * w), dtype=torch.float32, device=self.model.device)
+        unique, inverse = torch.unique(prompt, return_inverse=True)  # (U,), (N,)
+        src = batch.image_tokens[unique]  # (U, h*w, C)
+        u, _, c = src.shape
+        src = src.transpose(1, 2).reshape(u, c, h, w)  # (U, C, h, w)
+        upscaled = decoder.output_upscaling(src)  # (U, C/8, 4h, 4w)
+        c8 = upscaled.shape[1]
+        mask_tokens = batch.tokens[unique, 1 : 1 + decoder.num_mask_tokens, :]  # (U, 4, C)
+        hyper = torch.stack(
+            [mlp(mask_tokens[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
+        )  # (U, 4, C/8)
+        logits = hyper @ upscaled.view(u, c8, -1)  # (U, 4, 16hw)
+        selected = logits[inverse, output + self._first_mask]  # (N, 16hw)
+        return selected.view(n, 4 * h, 4 * w).float()  # (N, 4h, 4w)

@@ -1,0 +1,396 @@
+"""``SamAutomaticMaskGenerator``: segment everything in an image with a grid of point prompts.
+
+Same parameters, records and masks as the reference generator; the work differs:
+
+* the prompt-independent decoder work is computed once per image (crop), not per batch;
+* masks are filtered on predicted IoU *before* anything is upscaled, and the mask upscaling
+  network runs only for prompts with at least one surviving mask;
+* the survivors' logits are upscaled once (bit-identical to the reference), and the stability
+  score, binary mask and box are computed from that one tensor, chunk by chunk;
+* run-length encoding, NMS and decoding are vectorized; masks are kept as run lengths, so
+  memory is bounded by ``points_per_batch``, not by the grid size or the number of masks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from ..io import to_rgb_uint8
+from ..modeling import Sam
+from ..predictor import SamPredictor
+from ..transforms import preprocess_shape
+from .decode import PointDecoder
+from .filters import box_area, box_xyxy_to_xywh, is_box_near_crop_edge, masks_to_boxes, nms, stability_from_counts
+from .grid import build_all_layer_point_grids, generate_crop_boxes
+from .optional import require_cv2
+from .polygons import mask_to_polygons
+from .records import MaskSet
+from .regions import remove_small_regions
+from .rle import counts_to_string, encode_fortran, rle_to_mask
+from .upscale import upscale_logits
+
+__all__ = ["SamAutomaticMaskGenerator", "OUTPUT_MODES"]
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle", "polygons")
+
+# Upscaled logits are processed this many float32 pixels at a time (~128 MB).
+_CHUNK_PIXELS = 1 << 25
+
+
+def _count_above(logits: Tensor, thresholds: tuple[float, float]) -> tuple[Tensor, Tensor]:
+    """Per-mask counts of pixels above each threshold: (N, H, W) logits -> two (N,) int32 tensors."""
+    if logits.device.type == "cpu":
+        # numpy's count_nonzero is ~10x faster than summing a bool tensor on CPU.
+        array = logits.numpy()
+        counts = np.array([[np.count_nonzero(m > t) for t in thresholds] for m in array], dtype=np.int32)  # (N, 2)
+        counts_t = torch.from_numpy(counts.reshape(-1, len(thresholds)))  # (N, 2)
+        return counts_t[:, 0], counts_t[:, 1]
+    high = (logits > thresholds[0]).flatten(1).sum(-1, dtype=torch.int32).cpu()  # (N, H*W) -> (N,)
+    low = (logits > thresholds[1]).flatten(1).sum(-1, dtype=torch.int32).cpu()  # (N, H*W) -> (N,)
+    return high, low
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise ValueError(f"{name}: expected an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name}: must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_real(name: str, value: Any, low: float, high: float, *, high_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    value = float(value)
+    if value < low or value > high or (high_open and value == high):
+        bracket = ")" if high_open else "]"
+        raise ValueError(f"{name}: must lie in [{low:g}, {high:g}{bracket}, got {value:g}")
+    return value
+
+
+def _check_grids(point_grids: Any, n_layers: int) -> list[np.ndarray]:
+    if not isinstance(point_grids, (list, tuple)) or len(point_grids) == 0:
+        raise ValueError("point_grids: expected a non-empty list of (N, 2) arrays")
+    grids = []
+    for i, grid in enumerate(point_grids):
+        array = np.asarray(grid, dtype=np.float64)
+        if array.ndim != 2 or array.shape[1] != 2 or array.shape[0] == 0:
+            raise ValueError(f"point_grids[{i}]: expected a non-empty (N, 2) array, got shape {array.shape}")
+        if not np.isfinite(array).all() or array.min() < 0.0 or array.max() > 1.0:
+            raise ValueError(f"point_grids[{i}]: points must be normalized to [0, 1]")
+        grids.append(array)
+    if len(grids) < n_layers + 1:
+        raise ValueError(
+            f"point_grids: crop_n_layers={n_layers} needs {n_layers + 1} grids (one per layer), got {len(grids)}"
+        )
+    return grids
+
+
+class SamAutomaticMaskGenerator:
+    """Generates masks for a whole image from a grid of point prompts.
+
+    Drop-in for ``segment_anything.SamAutomaticMaskGenerator`` (same arguments, same records).
+
+    Args:
+        model: a :class:`samkit.modeling.Sam` (see :func:`samkit.build_sam`).
+        points_per_side: points along each side of the grid (``points_per_side**2`` prompts);
+            None when ``point_grids`` is given.
+        points_per_batch: prompts decoded together; bounds the peak memory.
+        pred_iou_thresh: keep masks whose predicted IoU is above this (0 disables the filter).
+        stability_score_thresh: keep masks whose stability score is at least this (0 disables).
+        stability_score_offset: logit offset of the stability score's two thresholds.
+        box_nms_thresh: box IoU above which duplicate masks of one crop are removed.
+        crop_n_layers: extra layers of crops (layer i has ``(2**i)**2`` crops).
+        crop_nms_thresh: box IoU above which duplicates between crops are removed.
+        crop_overlap_ratio: overlap of first-layer crops, as a fraction of the short side.
+        crop_n_points_downscale_factor: points per side in layer i are divided by this ``**i``.
+        point_grids: explicit grids, one (N, 2) array of [0, 1] points per crop layer.
+        min_mask_region_area: if > 0, fill holes and remove islands smaller than this many
+            pixels (needs OpenCV).
+        output_mode: ``"binary_mask"`` ((H, W) bool arrays), ``"uncompressed_rle"``,
+            ``"coco_rle"`` (string counts, JSON-ready) or ``"polygons"`` (outer contours, needs
+            OpenCV).
+        progress: show a progress bar over prompt batches.
+
+    Raises:
+        TypeError: ``model`` is not a samkit model.
+        ValueError: an argument is out of range (the message names it).
+        ImportError: OpenCV is missing but needed.
+    """
+
+    def __init__(
+        self,
+        model: Sam,
+        points_per_side: int | None = 32,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        box_nms_thresh: float = 0.7,
+        crop_n_layers: int = 0,
+        crop_nms_thresh: float = 0.7,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        point_grids: list[np.ndarray] | None = None,
+        min_mask_region_area: int = 0,
+        output_mode: str = "binary_mask",
+        *,
+        progress: bool = False,
+    ) -> None:
+        if not isinstance(model, Sam):
+            raise TypeError(f"model: expected a samkit Sam model, got {type(model).__name__}")
+        self.crop_n_layers = _check_int("crop_n_layers", crop_n_layers, 0)
+        if (points_per_side is None) == (point_grids is None):
+            raise ValueError("points_per_side, point_grids: give exactly one of them")
+        self.crop_n_points_downscale_factor = _check_int(
+            "crop_n_points_downscale_factor", crop_n_points_downscale_factor, 1
+        )
+        if points_per_side is not None:
+            points_per_side = _check_int("points_per_side", points_per_side, 1)
+            self.point_grids = build_all_layer_point_grids(
+                points_per_side, self.crop_n_layers, self.crop_n_points_downscale_factor
+            )
+        else:
+            self.point_grids = _check_grids(point_grids, self.crop_n_layers)
+        self.points_per_batch = _check_int("points_per_batch", points_per_batch, 1)
+        self.pred_iou_thresh = _check_real("pred_iou_thresh", pred_iou_thresh, 0.0, 1.0)
+        self.stability_score_thresh = _check_real("stability_score_thresh", stability_score_thresh, 0.0, 1.0)
+        self.stability_score_offset = _check_real("stability_score_offset", stability_score_offset, 0.0, math.inf)
+        self.box_nms_thresh = _check_real("box_nms_thresh", box_nms_thresh, 0.0, 1.0)
+        self.crop_nms_thresh = _check_real("crop_nms_thresh", crop_nms_thresh, 0.0, 1.0)
+        self.crop_overlap_ratio = _check_real("crop_overlap_ratio", crop_overlap_ratio, 0.0, 1.0, high_open=True)
+        if isinstance(min_mask_region_area, bool) or not isinstance(min_mask_region_area, Real):
+            raise ValueError(f"min_mask_region_area: expected a number, got {min_mask_region_area!r}")
+        self.min_mask_region_area = _check_real("min_mask_region_area", min_mask_region_area, 0.0, math.inf)
+        if isinstance(min_mask_region_area, Integral):
+            self.min_mask_region_area = int(min_mask_region_area)
+        if output_mode not in OUTPUT_MODES:
+            raise ValueError(f"output_mode: expected one of {', '.join(OUTPUT_MODES)}; got {output_mode!r}")
+        self.output_mode = output_mode
+        if self.min_mask_region_area > 0:
+            require_cv2("min_mask_region_area > 0")
+        if output_mode == "polygons":
+            require_cv2("output_mode='polygons'")
+        self.progress = bool(progress)
+        self.predictor = SamPredictor(model)
+
+    @property
+    def model(self) -> Sam:
+        """The SAM model."""
+        return self.predictor.model
+
+    # ------------------------------------------------------------------ public
+    @torch.inference_mode()
+    def generate(self, image: np.ndarray | Image.Image, *, progress: bool | None = None) -> list[dict[str, Any]]:
+        """Find all masks in an image.
+
+        Args:
+            image: (H, W, 3) uint8 RGB array (or anything :func:`samkit.io.to_rgb_uint8` takes).
+            progress: show a progress bar over prompt batches (default: the constructor's).
+
+        Returns:
+            one record per mask, in the reference order, with keys ``segmentation`` (per
+            ``output_mode``), ``area`` (int), ``bbox`` (XYWH ints), ``predicted_iou``,
+            ``point_coords`` (``[[x, y]]``), ``stability_score`` and ``crop_box`` (XYWH).
+        """
+        rgb = to_rgb_uint8(image)
+        data = self._generate_masks(rgb, self.progress if progress is None else progress)
+        if self.min_mask_region_area > 0:
+            data = self._remove_small_regions(
+                data, rgb.shape[:2], self.min_mask_region_area, max(self.box_nms_thresh, self.crop_nms_thresh)
+            )
+        return self._records(data, rgb.shape[:2])
+
+    # --------------------------------------------------------------- pipeline
+    def _generate_masks(self, image: np.ndarray, progress: bool) -> MaskSet:
+        orig_size = (int(image.shape[0]), int(image.shape[1]))
+        crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
+        n_batches = sum(math.ceil(len(self.point_grids[layer]) / self.points_per_batch) for layer in layer_idxs)
+        from tqdm.auto import tqdm
+
+        with tqdm(total=n_batches, disable=not progress, desc="prompt batches", unit="batch", leave=False) as bar:
+            parts = [
+                self._process_crop(image, crop_box, layer, orig_size, bar)
+                for crop_box, layer in zip(crop_boxes, layer_idxs)
+            ]
+        data = MaskSet.concat(parts)
+        if len(crop_boxes) > 1 and len(data):
+            scores = 1 / box_area(data.crop_boxes)  # prefer masks from smaller crops
+            keep = nms(data.boxes.float(), scores, self.crop_nms_thresh)
+            data = data.select(keep)
+        return data
+
+    def _process_crop(
+        self, image: np.ndarray, crop_box: list[int], layer: int, orig_size: tuple[int, int], bar: Any
+    ) -> MaskSet:
+        x0, y0, x1, y1 = crop_box
+        crop = image[y0:y1, x0:x1, :]
+        crop_size = (int(crop.shape[0]), int(crop.shape[1]))
+        predictor = self.predictor
+        predictor.set_image(crop)
+        assert predictor.features is not None and predictor.input_size is not None
+        decoder = PointDecoder(predictor.model, predictor.features, predictor._cache)
+        input_size = predictor.input_size
+
+        points = self.point_grids[layer] * np.array(crop_size, dtype=np.int64)[None, ::-1]  # (P, 2) x, y pixels
+        new_h, new_w = preprocess_shape(crop_size[0], crop_size[1], predictor.model.img_size)
+        scale = np.array([new_w / crop_size[1], new_h / crop_size[0]], dtype=np.float64)
+        parts = []
+        for start in range(0, len(points), self.points_per_batch):
+            batch_points = points[start : start + self.points_per_batch]  # (B, 2)
+            parts.append(
+                self._process_batch(decoder, batch_points, batch_points * scale, input_size, crop_size, crop_box, orig_size)
+            )
+            bar.update(1)
+        predictor.reset_image()
+        data = MaskSet.concat(parts)
+        if len(data) == 0:
+            return data
+        keep = nms(data.boxes.float(), data.iou_preds, self.box_nms_thresh)  # duplicates within the crop
+        data = data.select(keep)
+        data.boxes = data.boxes + torch.tensor([[x0, y0, x0, y0]], dtype=torch.int64)  # (N, 4) image frame
+        data.points = data.points + np.array([[x0, y0]], dtype=np.int64)  # (N, 2) image frame
+        data.crop_boxes = torch.tensor([crop_box], dtype=torch.int64).expand(len(data), 4).clone()  # (N, 4)
+        return data
+
+    def _process_batch(
+        self,
+        decoder: PointDecoder,
+        points: np.ndarray,
+        model_points: np.ndarray,
+        input_size: tuple[int, int],
+        crop_size: tuple[int, int],
+        crop_box: list[int],
+        orig_size: tuple[int, int],
+    ) -> MaskSet:
+        batch = decoder.run(torch.from_numpy(model_points))  # iou (B, 3)
+        n_out = batch.iou.shape[1]
+        iou = batch.iou.flatten().cpu()  # (3B,) prompt-major, like the reference
+        keep = iou > self.pred_iou_thresh if self.pred_iou_thresh > 0.0 else torch.ones_like(iou, dtype=torch.bool)
+        index = keep.nonzero().flatten()  # (N,)
+        if len(index) == 0:
+            return MaskSet()
+        low_res = decoder.masks(batch, (index // n_out).to(batch.iou.device), (index % n_out).to(batch.iou.device))
+        del batch
+        mask_threshold = self.model.mask_threshold
+        offset = self.stability_score_offset
+        crop_h, crop_w = crop_size
+        chunk = max(1, _CHUNK_PIXELS // (crop_h * crop_w))
+        kept_idx, stabilities, boxes, rles = [], [], [], []
+        for start in range(0, len(index), chunk):
+            logits = upscale_logits(low_res[start : start + chunk], input_size, crop_size, self.model.img_size)  # (n, h, w)
+            high, low = _count_above(logits, (mask_threshold + offset, mask_threshold - offset))  # (n,) each
+            stability = stability_from_counts(high, low)  # (n,) float32
+            sel = torch.arange(len(stability))
+            if self.stability_score_thresh > 0.0:
+                sel = (stability >= self.stability_score_thresh).nonzero().flatten()  # (k,)
+            if len(sel) == 0:
+                continue
+            masks = logits[sel.to(logits.device)] > mask_threshold  # (k, h, w)
+            del logits
+            box = masks_to_boxes(masks).cpu()  # (k, 4) crop frame
+            inside = ~is_box_near_crop_edge(box, crop_box, [0, 0, orig_size[1], orig_size[0]])
+            if not bool(inside.all()):
+                masks, box, sel = masks[inside.to(masks.device)], box[inside], sel[inside]
+            kept_idx.append(index[start + sel])
+            stabilities.append(stability[sel])
+            boxes.append(box)
+            rles.extend(self._encode(masks, crop_box, orig_size))
+        if not rles:
+            return MaskSet()
+        kept = torch.cat(kept_idx)
+        return MaskSet(
+            rles=rles,
+            boxes=torch.cat(boxes),
+            iou_preds=iou[kept],
+            stability=torch.cat(stabilities),
+            points=points[(kept // n_out).numpy()],
+            crop_boxes=torch.zeros((len(rles), 4), dtype=torch.int64),
+        )
+
+    @staticmethod
+    def _encode(masks: Tensor, crop_box: list[int], orig_size: tuple[int, int]) -> list[np.ndarray]:
+        """Run lengths over the whole image of (k, h, w) crop masks."""
+        k, h, w = masks.shape
+        height, width = orig_size
+        x0, y0 = crop_box[0], crop_box[1]
+        columns = masks.transpose(1, 2).cpu()  # (k, w, h): column-major pixel order
+        if h != height:  # pad each column to the image height
+            padded = torch.zeros((k, w, height), dtype=torch.bool)
+            padded[:, :, y0 : y0 + h] = columns
+            columns = padded
+        flat = columns.reshape(k, w * height)  # (k, w*H)
+        return encode_fortran(flat, total=width * height, offset=x0 * height)
+
+    @staticmethod
+    def _remove_small_regions(
+        data: MaskSet, orig_size: tuple[int, int], min_area: float, nms_thresh: float
+    ) -> MaskSet:
+        """Fill small holes, drop small islands, then NMS again (unchanged masks preferred)."""
+        if len(data) == 0:
+            return data
+        height, width = orig_size
+        new_boxes = torch.zeros((len(data), 4), dtype=torch.int64)
+        scores = []
+        new_rles: dict[int, np.ndarray] = {}
+        for i, counts in enumerate(data.rles):
+            mask = rle_to_mask({"size": [height, width], "counts": counts})
+            mask, changed_holes = remove_small_regions(mask, min_area, "holes")
+            mask, changed_islands = remove_small_regions(mask, min_area, "islands")
+            changed = changed_holes or changed_islands
+            scores.append(0.0 if changed else 1.0)
+            mask_t = torch.from_numpy(np.ascontiguousarray(mask))[None]  # (1, H, W)
+            new_boxes[i] = masks_to_boxes(mask_t)[0]
+            if changed:
+                new_rles[i] = encode_fortran(mask_t.transpose(1, 2).reshape(1, -1))[0]  # (1, W*H) column-major
+        keep = nms(new_boxes.float(), torch.as_tensor(scores, dtype=torch.float32), nms_thresh)
+        data = MaskSet(
+            rles=[new_rles.get(i, counts) for i, counts in enumerate(data.rles)],
+            boxes=torch.where(torch.tensor(scores)[:, None] == 0.0, new_boxes, data.boxes),
+            iou_preds=data.iou_preds,
+            stability=data.stability,
+            points=data.points,
+            crop_boxes=data.crop_boxes,
+        )
+        return data.select(keep)
+
+    def _records(self, data: MaskSet, orig_size: tuple[int, int]) -> list[dict[str, Any]]:
+        size = [int(orig_size[0]), int(orig_size[1])]
+        records = []
+        boxes = data.boxes.tolist()
+        crop_boxes = data.crop_boxes.tolist()
+        iou_preds = data.iou_preds.tolist()
+        stability = data.stability.tolist()
+        for i, counts in enumerate(data.rles):
+            rle = {"size": size, "counts": counts}
+            if self.output_mode == "binary_mask":
+                segmentation: Any = rle_to_mask(rle)
+            elif self.output_mode == "uncompressed_rle":
+                segmentation = {"size": list(size), "counts": counts.tolist()}
+            elif self.output_mode == "coco_rle":
+                segmentation = {"size": list(size), "counts": counts_to_string(counts)}
+            else:
+                segmentation = mask_to_polygons(rle_to_mask(rle))
+            records.append(
+                {
+                    "segmentation": segmentation,
+                    "area": int(counts[1::2].sum()),
+                    "bbox": box_xyxy_to_xywh(boxes[i]),
+                    "predicted_iou": iou_preds[i],
+                    "point_coords": [data.points[i].tolist()],
+                    "stability_score": stability[i],
+                    "crop_box": box_xyxy_to_xywh(crop_boxes[i]),
+                }
+            )
+        return records
+

@@ -1,0 +1,71 @@
+"""Boxes, crop-edge test, stability, NMS, grids and crop boxes against the reference utilities."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from segment_anything.utils import amg
+from torchvision.ops import batched_nms
+
+from samkit.everything.filters import is_box_near_crop_edge, masks_to_boxes, nms, stability_score
+from samkit.everything.grid import build_all_layer_point_grids, build_point_grid, generate_crop_boxes
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 300, 1001, 2400])
+def test_nms_equals_torchvision(n: int) -> None:
+    """Same kept indices in the same order, ties included, on both sides of torchvision's
+    1000-box switch to its per-category path."""
+    g = torch.Generator().manual_seed(n)
+    xy = torch.randint(0, 300, (n, 2), generator=g)
+    boxes = torch.cat([xy, xy + torch.randint(0, 120, (n, 2), generator=g)], dim=1)  # some empty boxes
+    score_sets = [
+        torch.rand(n, generator=g),
+        torch.randint(0, 2, (n,), generator=g).float(),  # massive ties (small-region NMS)
+        1 / (torch.randint(1, 4, (n,), generator=g) * 1000.0),  # crop-NMS style scores
+    ]
+    for scores in score_sets:
+        for threshold in (0.0, 0.5, 0.7, 0.9):
+            expected = batched_nms(boxes.float(), scores, torch.zeros(n), iou_threshold=threshold)
+            torch.testing.assert_close(nms(boxes, scores, threshold), expected, rtol=0, atol=0)
+
+
+def test_boxes_and_edges_equal_reference() -> None:
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(40, 33, 47, generator=g) < 0.002
+    masks[3] = False
+    masks[4] = True
+    np.testing.assert_array_equal(masks_to_boxes(masks), amg.batched_mask_to_box(masks))
+    np.testing.assert_array_equal(
+        masks_to_boxes(masks.transpose(1, 2)), amg.batched_mask_to_box(masks.transpose(1, 2).contiguous())
+    )
+    boxes = torch.randint(0, 120, (500, 4), generator=g)
+    for crop in ([0, 0, 120, 90], [15, 20, 100, 90], [60, 0, 120, 45]):
+        np.testing.assert_array_equal(
+            is_box_near_crop_edge(boxes, crop, [0, 0, 120, 90]), amg.is_box_near_crop_edge(boxes, crop, [0, 0, 120, 90])
+        )
+
+
+def test_stability_equals_reference() -> None:
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(12, 40, 60, generator=g) * 3
+    logits[0] = -5.0  # empty at both thresholds: NaN like the reference
+    torch.testing.assert_close(
+        stability_score(logits, 0.0, 1.0), amg.calculate_stability_score(logits, 0.0, 1.0), equal_nan=True
+    )
+
+
+def test_grids_and_crop_boxes_equal_reference() -> None:
+    for n in (1, 2, 7, 32):
+        np.testing.assert_array_equal(build_point_grid(n), amg.build_point_grid(n))
+    for layers, factor in ((0, 1), (2, 2), (3, 1)):
+        ours = build_all_layer_point_grids(16, layers, factor)
+        ref = amg.build_all_layer_point_grids(16, layers, factor)
+        assert len(ours) == len(ref)
+        for a, b in zip(ours, ref):
+            np.testing.assert_array_equal(a, b)
+    for size in ((546, 967), (1500, 1000), (7, 10)):
+        for layers in (0, 1, 2):
+            assert generate_crop_boxes(size, layers, 512 / 1500) == amg.generate_crop_boxes(size, layers, 512 / 1500)
+    with pytest.raises(ValueError, match="crop layer 2"):
+        build_all_layer_point_grids(3, 2, 2)

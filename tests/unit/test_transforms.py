@@ -1,0 +1,158 @@
+"""samkit.transforms against the official ResizeLongestSide and Sam.preprocess/postprocess_masks."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from segment_anything.modeling import Sam as OfficialSam
+from segment_anything.utils.transforms import ResizeLongestSide as OfficialResize
+
+from samkit.config import PIXEL_MEAN, PIXEL_STD
+from samkit.transforms import (
+    ResizeLongestSide,
+    map_boxes,
+    map_boxes_torch,
+    map_coords,
+    map_coords_torch,
+    normalize_and_pad,
+    postprocess_masks,
+    preprocess_shape,
+    resize_longest_side,
+)
+
+# (H, W) of original images: landscape, portrait, tiny, large, square, already 1024, extremes.
+SIZES = [(546, 967), (800, 480), (7, 10), (2000, 3000), (500, 500), (1024, 700), (1, 1), (17, 1500), (1999, 3)]
+
+
+def _official_postprocess(
+    low_res: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int], img_size: int
+) -> torch.Tensor:
+    """The official ``Sam.postprocess_masks`` (only ``image_encoder.img_size`` is read from self)."""
+    fake_self = SimpleNamespace(image_encoder=SimpleNamespace(img_size=img_size))
+    return OfficialSam.postprocess_masks(fake_self, low_res, input_size, original_size)  # type: ignore[arg-type]
+
+
+def _assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, tol: float) -> None:
+    scale = max(1.0, float(expected.abs().max()))
+    torch.testing.assert_close(actual.double(), expected.double(), rtol=tol, atol=tol * scale)
+
+
+@pytest.mark.parametrize("original_size", SIZES, ids=[f"{h}x{w}" for h, w in SIZES])
+def test_postprocess_masks_equals_official_two_step_interpolation(original_size: tuple[int, int]) -> None:
+    """Both steps of the official upscaling are linear; samkit composes them into one.
+
+    The official float32 kernels themselves round at ~1e-5 of the logit scale on rough
+    inputs like these, so the tight comparison is with the official code run in float64
+    (1e-6), and the comparison with the official float32 output allows 5e-5.
+    """
+    g = torch.Generator().manual_seed(sum(original_size))
+    b, m = (1, 1) if original_size[0] * original_size[1] > 10**6 else (2, 2)  # keep the large case cheap
+    low_res = torch.randn(b, m, 256, 256, generator=g) * 8  # (B, M, 256, 256) logits
+    input_size = preprocess_shape(*original_size, 1024)
+    actual = postprocess_masks(low_res, input_size, original_size, 1024)
+    assert actual.shape == (b, m, *original_size)
+    assert actual.dtype == torch.float32
+    official64 = _official_postprocess(low_res.double(), input_size, original_size, 1024)
+    _assert_close_scaled(actual, official64, 1e-6)
+    official32 = _official_postprocess(low_res, input_size, original_size, 1024)
+    _assert_close_scaled(actual, official32, 5e-5)
+    # so the thresholded masks agree wherever the logit is not ~0
+    decided = official32.abs() > 1e-3
+    assert torch.equal((actual > 0)[decided], (official32 > 0)[decided])
+
+
+@pytest.mark.parametrize("original_size", [(120, 200), (37, 11), (64, 64), (1000, 1000)])
+def test_postprocess_masks_small_model(original_size: tuple[int, int]) -> None:
+    """img_size 320 with 80x80 low-res masks (a tiny model): the same two-step result."""
+    low_res = torch.randn(1, 1, 80, 80, generator=torch.Generator().manual_seed(1)) * 8
+    input_size = preprocess_shape(*original_size, 320)
+    actual = postprocess_masks(low_res, input_size, original_size, 320)
+    _assert_close_scaled(actual, _official_postprocess(low_res.double(), input_size, original_size, 320), 1e-6)
+    _assert_close_scaled(actual, _official_postprocess(low_res, input_size, original_size, 320), 5e-5)
+
+
+def test_postprocess_masks_float64_stays_float64() -> None:
+    low_res = torch.randn(1, 1, 256, 256, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    out = postprocess_masks(low_res, (768, 1024), (600, 800), 1024)
+    assert out.dtype == torch.float64
+    _assert_close_scaled(out, _official_postprocess(low_res, (768, 1024), (600, 800), 1024), 1e-6)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=[f"{h}x{w}" for h, w in SIZES])
+def test_resize_longest_side_equals_official_apply_image(size: tuple[int, int]) -> None:
+    rng = np.random.default_rng(sum(size))
+    image = rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
+    expected = OfficialResize(1024).apply_image(image)
+    actual = resize_longest_side(image, 1024)
+    assert actual.dtype == np.uint8
+    np.testing.assert_array_equal(actual, expected)
+    np.testing.assert_array_equal(ResizeLongestSide(1024).apply_image(image), expected)
+
+
+def test_preprocess_shape_equals_official() -> None:
+    for long_side in (1024, 320, 256):
+        for h in list(range(1, 60)) + [546, 967, 1000, 1023, 1024, 1025, 2000, 2999, 3000, 4321]:
+            for w in (1, 2, 3, 7, 10, 480, 511, 967, 1024, 3000):
+                assert preprocess_shape(h, w, long_side) == OfficialResize.get_preprocess_shape(h, w, long_side), (
+                    h,
+                    w,
+                    long_side,
+                )
+
+
+@pytest.mark.parametrize("original_size", SIZES, ids=[f"{h}x{w}" for h, w in SIZES])
+def test_map_coords_and_boxes_equal_official(original_size: tuple[int, int]) -> None:
+    h, w = original_size
+    rng = np.random.default_rng(h * 7 + w)
+    coords = rng.uniform([-5, -5], [w + 5, h + 5], size=(3, 4, 2))  # (..., 2), some outside the image
+    boxes = np.concatenate([coords[0, :, :], coords[0, :, :] + 3.5], axis=1)  # (4, 4)
+    official = OfficialResize(1024)
+    # the official predictor converts the float64 result to float32 for the model
+    expected_coords = official.apply_coords(coords, original_size).astype(np.float32)
+    expected_boxes = official.apply_boxes(boxes, original_size).astype(np.float32)
+    np.testing.assert_array_equal(map_coords(coords, original_size, 1024), expected_coords)
+    np.testing.assert_array_equal(map_boxes(boxes, original_size, 1024), expected_boxes)
+    ours = ResizeLongestSide(1024)
+    np.testing.assert_array_equal(ours.apply_coords(coords, original_size), expected_coords)
+    np.testing.assert_array_equal(ours.apply_boxes(boxes, original_size), expected_boxes)
+    # integer input and inputs are not modified in place
+    int_coords = np.array([[0, 0], [w - 1, h - 1]])
+    np.testing.assert_array_equal(
+        map_coords(int_coords, original_size, 1024), official.apply_coords(int_coords, original_size).astype(np.float32)
+    )
+    assert int_coords.tolist() == [[0, 0], [w - 1, h - 1]]
+
+
+@pytest.mark.parametrize("original_size", SIZES, ids=[f"{h}x{w}" for h, w in SIZES])
+def test_map_coords_torch_equals_official(original_size: tuple[int, int]) -> None:
+    h, w = original_size
+    g = torch.Generator().manual_seed(h + w)
+    coords = torch.rand(5, 3, 2, generator=g) * torch.tensor([w, h])  # (B, N, 2)
+    boxes = torch.rand(5, 4, generator=g) * torch.tensor([w, h, w, h])  # (B, 4)
+    official = OfficialResize(1024)
+    expected_coords = official.apply_coords_torch(coords, original_size)
+    expected_boxes = official.apply_boxes_torch(boxes, original_size)
+    torch.testing.assert_close(map_coords_torch(coords, original_size, 1024), expected_coords, rtol=1e-7, atol=0)
+    torch.testing.assert_close(map_boxes_torch(boxes, original_size, 1024), expected_boxes, rtol=1e-7, atol=0)
+    ours = ResizeLongestSide(1024)
+    torch.testing.assert_close(ours.apply_coords_torch(coords, original_size), expected_coords, rtol=1e-7, atol=0)
+    torch.testing.assert_close(ours.apply_boxes_torch(boxes, original_size), expected_boxes, rtol=1e-7, atol=0)
+    # integer tensors become float32, as in the official code
+    int_coords = torch.tensor([[[0, 0], [w - 1, h - 1]]])
+    assert map_coords_torch(int_coords, original_size, 1024).dtype == torch.float32
+
+
+@pytest.mark.parametrize("size", [(546, 967), (800, 480), (7, 10), (1024, 1024)])
+def test_normalize_and_pad_equals_official_preprocess(size: tuple[int, int]) -> None:
+    h, w = preprocess_shape(*size, 1024)
+    image = torch.randint(0, 256, (1, 3, h, w), generator=torch.Generator().manual_seed(h)).float()
+    mean = torch.tensor(PIXEL_MEAN).view(-1, 1, 1)
+    std = torch.tensor(PIXEL_STD).view(-1, 1, 1)
+    fake_self = SimpleNamespace(pixel_mean=mean, pixel_std=std, image_encoder=SimpleNamespace(img_size=1024))
+    expected = OfficialSam.preprocess(fake_self, image)  # type: ignore[arg-type]
+    actual = normalize_and_pad(image.to(torch.uint8), mean, std, 1024)
+    assert actual.shape == (1, 3, 1024, 1024)
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0)
