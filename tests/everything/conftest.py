@@ -212,15 +212,22 @@ def save_constructed(builder: Callable[[], nn.Module], path: Path, seed: int, im
 # --------------------------------------------------------------------------- comparisons
 
 
-def _official_logits(official_model: nn.Module, image: np.ndarray, record: dict[str, Any]) -> np.ndarray:
-    """The official full-size logits (3, h, w) of a record's prompt point, in its crop's frame."""
+def _official_logits(
+    official_model: nn.Module, image: np.ndarray, record: dict[str, Any], predictors: dict[tuple[int, ...], Any]
+) -> np.ndarray:
+    """The official full-size logits (3, h, w) of a record's prompt point, in its crop's frame.
+
+    ``predictors`` caches one official predictor (one image encoding) per crop box.
+    """
     from segment_anything import SamPredictor
 
     x0, y0, w, h = record["crop_box"]
-    predictor = SamPredictor(official_model)
-    predictor.set_image(image[y0 : y0 + h, x0 : x0 + w])
+    key = (x0, y0, w, h)
+    if key not in predictors:
+        predictors[key] = SamPredictor(official_model)
+        predictors[key].set_image(image[y0 : y0 + h, x0 : x0 + w])
     x, y = record["point_coords"][0]
-    logits, _, _ = predictor.predict(np.array([[x - x0, y - y0]]), np.array([1]), return_logits=True)
+    logits, _, _ = predictors[key].predict(np.array([[x - x0, y - y0]]), np.array([1]), return_logits=True)
     return logits
 
 
@@ -242,6 +249,7 @@ def assert_same_records(
     """
     assert len(ours) == len(official), f"{what}: {len(ours)} masks, official {len(official)}"
     used: set[int] = set()
+    predictors: dict[tuple[int, ...], Any] = {}
     for j, ref in enumerate(official):
         ref_mask = np.asarray(ref["segmentation"], dtype=bool)
         best, best_iou = -1, -1.0
@@ -267,7 +275,7 @@ def assert_same_records(
         )
         x0, y0, w, h = ref["crop_box"]
         differ = (np.asarray(rec["segmentation"], dtype=bool) != ref_mask)[y0 : y0 + h, x0 : x0 + w]
-        logits = _official_logits(official_model, image, ref)  # (3, h, w)
+        logits = _official_logits(official_model, image, ref, predictors)  # (3, h, w)
         crop_ref = ref_mask[y0 : y0 + h, x0 : x0 + w]
         output = int(np.argmin([np.count_nonzero((lg > 0) != crop_ref) for lg in logits]))
         worst = float(np.abs(logits[output][differ]).max())

@@ -97,10 +97,13 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_sam: Sam) -> 
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
     """Run tiny models on one thread: for ops this small, OpenMP synchronisation across
-    threads costs more than it saves (several times more on a loaded 2-core machine)."""
+    threads costs more than it saves (several times more on a loaded 2-core machine).
+
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

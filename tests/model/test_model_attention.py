@@ -22,6 +22,8 @@ from samkit.modeling.attention import (
 )
 from samkit.modeling.image_encoder import ViTBlock
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float = 1e-5) -> None:
     scale = max(1.0, float(expected.abs().max()))

@@ -13,6 +13,8 @@ import torch
 import samkit
 from samkit.modeling import Sam
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def bf16_sam(tiny_sam: Sam, tiny_checkpoint: Path) -> Sam:

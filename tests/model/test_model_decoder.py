@@ -11,6 +11,8 @@ import torch
 from samkit.modeling import Sam
 from samkit.modeling.transformer import DecoderAttention
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float = 1e-5) -> None:
     scale = max(1.0, float(expected.abs().max()))
