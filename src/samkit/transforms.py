@@ -9,8 +9,6 @@ logits and are mapped to the original size.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -27,7 +25,6 @@ __all__ = [
     "map_coords_torch",
     "map_boxes_torch",
     "postprocess_masks",
-    "resize_axis_weights",
     "ResizeLongestSide",
 ]
 
@@ -63,70 +60,10 @@ def map_boxes_torch(boxes: Tensor, original_size: tuple[int, int], long_side: in
     return map_coords_torch(boxes.reshape(-1, 2, 2), original_size, long_side).reshape(shape)
 
 
-def _bilinear_source(out_len: int, in_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Index pairs and weights of 1-D bilinear resampling, align_corners=False.
-
-    Matches ``F.interpolate(mode="bilinear", align_corners=False, antialias=False)``
-    given an output size: source = (dst + 0.5) * in/out - 0.5, clamped at 0.
-
-    Returns:
-        i0, i1 (out_len,) int64 and w1 (out_len,) float64; w0 = 1 - w1.
-    """
-    scale = in_len / out_len
-    src = (np.arange(out_len, dtype=np.float64) + 0.5) * scale - 0.5
-    src = np.maximum(src, 0.0)
-    i0 = np.minimum(np.floor(src).astype(np.int64), in_len - 1)
-    i1 = np.minimum(i0 + 1, in_len - 1)
-    w1 = src - i0
-    return i0, i1, w1
-
-
-def _bilinear_matrix(out_len: int, in_len: int) -> np.ndarray:
-    """(out_len, in_len) float64 matrix of 1-D bilinear resampling."""
-    i0, i1, w1 = _bilinear_source(out_len, in_len)
-    m = np.zeros((out_len, in_len), dtype=np.float64)
-    rows = np.arange(out_len)
-    np.add.at(m, (rows, i0), 1.0 - w1)
-    np.add.at(m, (rows, i1), w1)
-    return m
-
-
-@functools.lru_cache(maxsize=64)
-def resize_axis_weights(low_len: int, padded_len: int, valid_len: int, out_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sparse weights of the official two-step upscaling along one axis.
-
-    The official post-processing resizes ``low_len`` (256) -> ``padded_len`` (1024),
-    crops the first ``valid_len`` rows, then resizes to ``out_len``. Both steps are
-    linear, so their composition is one (out_len, low_len) matrix with at most a
-    few non-zeros per row; we keep it as K index/weight columns.
-
-    Returns:
-        index (out_len, K) int64 and weight (out_len, K) float32.
-    """
-    first = _bilinear_matrix(padded_len, low_len)[:valid_len]  # (valid, low)
-    second = _bilinear_matrix(out_len, valid_len)  # (out, valid)
-    combined = second @ first  # (out, low)
-    nonzero = combined != 0
-    k = max(int(nonzero.sum(axis=1).max()), 1)
-    order = np.argsort(~nonzero, axis=1, kind="stable")[:, :k]  # non-zero columns first
-    weights = np.take_along_axis(combined, order, axis=1)
-    return order.astype(np.int64), weights.astype(np.float32)
-
-
-def _resample_last_axis(x: Tensor, index: Tensor, weight: Tensor) -> Tensor:
-    """x (..., L) -> (..., out) with out[..., o] = sum_k weight[o, k] * x[..., index[o, k]]."""
-    out = x[..., index[:, 0]] * weight[:, 0]
-    for k in range(1, index.shape[1]):
-        out = out + x[..., index[:, k]] * weight[:, k]
-    return out
-
-
-def _resample_rows(x: Tensor, index: Tensor, weight: Tensor) -> Tensor:
-    """x (..., L, W) -> (..., out, W), resampling whole rows (contiguous copies)."""
-    out = x.index_select(-2, index[:, 0]) * weight[:, 0:1]
-    for k in range(1, index.shape[1]):
-        out = out + x.index_select(-2, index[:, k]) * weight[:, k : k + 1]
-    return out
+def _low_res_needed(valid: int, low: int, padded: int) -> int:
+    """Low-res rows (or columns) read when the first ``valid`` of ``padded`` upscaled ones are kept."""
+    factor = padded // low
+    return min(low, -(-valid // factor) + 1)
 
 
 def postprocess_masks(
@@ -137,32 +74,36 @@ def postprocess_masks(
 ) -> Tensor:
     """Upscale low-resolution mask logits to the original image size.
 
-    Equal (to float rounding) to the official pipeline: bilinear to img_size x
-    img_size, crop the padding, bilinear to the original size; but done in one
-    sparse separable pass that never builds the 1024x1024 intermediate.
+    The official pipeline resizes bilinearly to ``img_size`` x ``img_size``, crops the
+    valid ``input_size`` region, then resizes to the original size. The first resize is
+    local (each output row/column reads two input rows/columns), so it is computed only on
+    the low-res rows/columns the crop needs: with the same integer scale factor
+    ``F.interpolate`` gives the same values for a fraction of the work. Each mask is
+    resized as its own (1, h, w) image, the layout ``F.interpolate`` is fastest on.
 
     Args:
-        low_res_masks: (B, M, h, w) logits (256x256 for SAM).
+        low_res_masks: (..., h, w) logits (256x256 for SAM), e.g. (B, M, h, w).
         input_size: (h, w) of the resized image before padding.
         original_size: (H, W) of the original image.
         img_size: side of the padded model input.
 
     Returns:
-        (B, M, H, W) logits in the input's floating dtype (at least float32 precision is kept
-        for float32 inputs).
+        (..., H, W) logits; float64 input stays float64, anything else becomes float32.
     """
-    low_h, low_w = low_res_masks.shape[-2:]
-    device = low_res_masks.device
-    x = low_res_masks if low_res_masks.dtype == torch.float64 else low_res_masks.float()
-    idx_w, w_w = resize_axis_weights(low_w, img_size, input_size[1], original_size[1])
-    idx_h, w_h = resize_axis_weights(low_h, img_size, input_size[0], original_size[0])
-    x = _resample_last_axis(
-        x, torch.from_numpy(idx_w).to(device), torch.from_numpy(w_w).to(device=device, dtype=x.dtype)
-    )  # (B, M, h, W)
-    x = _resample_rows(
-        x, torch.from_numpy(idx_h).to(device), torch.from_numpy(w_h).to(device=device, dtype=x.dtype)
-    )  # (B, M, H, W)
-    return x
+    *lead, low_h, low_w = low_res_masks.shape
+    dtype = torch.float64 if low_res_masks.dtype == torch.float64 else torch.float32
+    if img_size % low_h or img_size % low_w:
+        # Not an integer factor: a cropped first step would change the scale; do it in full.
+        rows, cols, up_h, up_w = low_h, low_w, img_size, img_size
+    else:
+        rows = _low_res_needed(input_size[0], low_h, img_size)
+        cols = _low_res_needed(input_size[1], low_w, img_size)
+        up_h, up_w = rows * (img_size // low_h), cols * (img_size // low_w)
+    x = low_res_masks.reshape(-1, 1, low_h, low_w)[..., :rows, :cols].to(dtype)  # (N, 1, rows, cols)
+    x = F.interpolate(x, (up_h, up_w), mode="bilinear", align_corners=False)  # (N, 1, up_h, up_w)
+    x = x[..., : input_size[0], : input_size[1]]  # (N, 1, h_in, w_in)
+    x = F.interpolate(x, tuple(original_size), mode="bilinear", align_corners=False)  # (N, 1, H, W)
+    return x.view(*lead, *x.shape[-2:])  # (..., H, W)
 
 
 class ResizeLongestSide:

@@ -25,7 +25,7 @@ class PointBatch:
     """Transformer outputs of a batch of B single-point prompts.
 
     Attributes:
-        tokens: (B, T, C) output tokens (IoU token, mask tokens, prompt tokens).
+        tokens: (B, 5, C) output tokens (the IoU token, then the 4 mask tokens).
         image_tokens: (B, h*w, C) updated image tokens.
         iou: (B, M) float32 predicted IoU of the M = 3 multimask outputs.
     """
@@ -73,7 +73,9 @@ class PointDecoder:
         out_tokens = self._output_tokens.to(dtype).unsqueeze(0).expand(b, -1, -1)  # (B, 5, C)
         tokens = torch.cat([out_tokens, sparse], dim=1)  # (B, 7, C)
         decoder = model.mask_decoder
-        hs, image_tokens = decoder.transformer(None, None, tokens, cache=self.cache)  # (B, 7, C), (B, h*w, C)
+        hs, image_tokens = decoder.transformer(
+            None, None, tokens, cache=self.cache, keep_tokens=1 + decoder.num_mask_tokens
+        )  # (B, 5, C), (B, h*w, C)
         iou = decoder.iou_prediction_head(hs[:, 0, :])[:, self._first_mask :]  # (B, 3)
         return PointBatch(tokens=hs, image_tokens=image_tokens, iou=iou.float())
 
@@ -95,15 +97,6 @@ class PointDecoder:
         if n == 0:
             return torch.zeros((0, 4 * h, 4 * w), dtype=torch.float32, device=self.model.device)
         unique, inverse = torch.unique(prompt, return_inverse=True)  # (U,), (N,)
-        src = batch.image_tokens[unique]  # (U, h*w, C)
-        u, _, c = src.shape
-        src = src.transpose(1, 2).reshape(u, c, h, w)  # (U, C, h, w)
-        upscaled = decoder.output_upscaling(src)  # (U, C/8, 4h, 4w)
-        c8 = upscaled.shape[1]
-        mask_tokens = batch.tokens[unique, 1 : 1 + decoder.num_mask_tokens, :]  # (U, 4, C)
-        hyper = torch.stack(
-            [mlp(mask_tokens[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
-        )  # (U, 4, C/8)
-        logits = hyper @ upscaled.view(u, c8, -1)  # (U, 4, 16hw)
-        selected = logits[inverse, output + self._first_mask]  # (N, 16hw)
-        return selected.view(n, 4 * h, 4 * w).float()  # (N, 4h, 4w)
+        hyper = decoder.hypernetwork_weights(batch.tokens[unique], decoder.output_token_slice(True))  # (U, 3, C/8)
+        logits = decoder.masks_from_image_tokens(batch.image_tokens[unique], hyper, (h, w))  # (U, 3, 4h, 4w)
+        return logits[inverse, output].float()  # (N, 4h, 4w)

@@ -26,16 +26,22 @@ from torch import Tensor
 from ..io import to_rgb_uint8
 from ..modeling import Sam
 from ..predictor import SamPredictor
-from ..transforms import preprocess_shape
+from ..transforms import postprocess_masks, preprocess_shape
 from .decode import PointDecoder
-from .filters import box_area, box_xyxy_to_xywh, is_box_near_crop_edge, masks_to_boxes, nms, stability_from_counts
+from .filters import (
+    box_area,
+    box_xyxy_to_xywh,
+    is_box_near_crop_edge,
+    masks_to_boxes,
+    nms,
+    stability_from_counts,
+)
 from .grid import build_all_layer_point_grids, generate_crop_boxes
 from .optional import require_cv2
 from .polygons import mask_to_polygons
 from .records import MaskSet
 from .regions import remove_small_regions
 from .rle import counts_to_string, encode_fortran, rle_to_mask
-from .upscale import upscale_logits
 
 __all__ = ["SamAutomaticMaskGenerator", "OUTPUT_MODES"]
 
@@ -288,7 +294,7 @@ class SamAutomaticMaskGenerator:
         chunk = max(1, _CHUNK_PIXELS // (crop_h * crop_w))
         kept_idx, stabilities, boxes, rles = [], [], [], []
         for start in range(0, len(index), chunk):
-            logits = upscale_logits(low_res[start : start + chunk], input_size, crop_size, self.model.img_size)  # (n, h, w)
+            logits = postprocess_masks(low_res[start : start + chunk], input_size, crop_size, self.model.img_size)  # (n, h, w)
             high, low = _count_above(logits, (mask_threshold + offset, mask_threshold - offset))  # (n,) each
             stability = stability_from_counts(high, low)  # (n,) float32
             sel = torch.arange(len(stability))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import MaskDecoderConfig
@@ -86,25 +87,83 @@ class MaskDecoder(nn.Module):
         tokens = torch.cat([output_tokens.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings], dim=1)  # (B, 1+M+T, C)
 
         if cache is not None:
-            hs, src = self.transformer(None, None, tokens, cache=cache)
+            hs, src = self.transformer(None, None, tokens, cache=cache, keep_tokens=1 + self.num_mask_tokens)
         else:
             assert dense_prompt_embeddings is not None
             src = image_embeddings + dense_prompt_embeddings  # (B, C, h, w)
             if src.shape[0] != b:
                 src = src.expand(b, -1, -1, -1)
-            hs, src = self.transformer(src, image_pe, tokens)
+            hs, src = self.transformer(src, image_pe, tokens, keep_tokens=1 + self.num_mask_tokens)
         h, w = image_pe.shape[-2:]
         iou_token_out = hs[:, 0, :]  # (B, C)
         selected = self.output_token_slice(multimask_output)
-        token_ids = range(self.num_mask_tokens)[selected]
-        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]  # (B, 4, C)
-
-        src = src.transpose(1, 2).reshape(b, self.transformer_dim, h, w)  # (B, C, h, w)
-        upscaled = self.output_upscaling(src)  # (B, C/8, 4h, 4w)
-        hyper_in = torch.stack(
-            [self.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in token_ids], dim=1
-        )  # (B, M, C/8)
-        _, c8, uh, uw = upscaled.shape
-        masks = (hyper_in @ upscaled.view(b, c8, uh * uw)).view(b, -1, uh, uw)  # (B, M, 4h, 4w)
+        hyper_in = self.hypernetwork_weights(hs, selected)  # (B, M, C/8)
+        masks = self.masks_from_image_tokens(src, hyper_in, (h, w))  # (B, M, 4h, 4w)
         iou_pred = self.iou_prediction_head(iou_token_out)[:, selected]  # (B, M)
         return masks, iou_pred
+
+    def hypernetwork_weights(self, tokens: Tensor, selected: slice) -> Tensor:
+        """Per-mask weights over the upscaled channels.
+
+        Args:
+            tokens: (B, T, C) transformer output tokens (IoU token first, then the mask tokens).
+            selected: which mask tokens (see :meth:`output_token_slice`).
+
+        Returns:
+            (B, M, C/8), M = number of selected mask tokens.
+        """
+        token_ids = range(self.num_mask_tokens)[selected]
+        return torch.stack(
+            [self.output_hypernetworks_mlps[i](tokens[:, 1 + i, :]) for i in token_ids], dim=1
+        )  # (B, M, C/8)
+
+    def upscale_tokens(self, image_tokens: Tensor) -> Tensor:
+        """The output upscaling network, computed as two per-token matrix products.
+
+        Both transposed convolutions have kernel 2 and stride 2, so no output pixel mixes
+        two input pixels: each is a (C_in -> 4 * C_out) product per token. Keeping the result
+        in sub-pixel order (token, a1, b1, a2, b2) avoids the pixel shuffles and layout
+        copies of the convolution form; :meth:`masks_from_image_tokens` unshuffles once, on
+        the (much smaller) masks.
+
+        Args:
+            image_tokens: (B, N, C) image tokens from the transformer (N = h * w).
+
+        Returns:
+            (B, N * 16, C/8) upscaled features; row ``n*16 + a1*8 + b1*4 + a2*2 + b2`` is pixel
+            ``(4i + 2a1 + a2, 4j + 2b1 + b2)`` of token ``n = i*w + j``.
+        """
+        up1, norm, act1, up2, act2 = self.output_upscaling
+        b, n, c = image_tokens.shape
+        c4, c8 = up1.out_channels, up2.out_channels
+        w1 = up1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c4)  # (C, a1*b1*C/4)
+        x = torch.addmm(up1.bias.repeat(4), image_tokens.reshape(b * n, c), w1)  # (B*N, 4*C/4)
+        x = F.layer_norm(x.view(b * n * 4, c4), norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        x = act1(x)  # (B*N*4, C/4)
+        w2 = up2.weight.permute(0, 2, 3, 1).reshape(c4, 4 * c8)  # (C/4, a2*b2*C/8)
+        x = act2(torch.addmm(up2.bias.repeat(4), x, w2))  # (B*N*4, 4*C/8)
+        return x.view(b, n * 16, c8)  # (B, N*16, C/8)
+
+    def masks_from_image_tokens(
+        self, image_tokens: Tensor, hyper_in: Tensor, grid: tuple[int, int], chunk: int = 8
+    ) -> Tensor:
+        """Upscale image tokens and apply the hypernetwork weights.
+
+        Args:
+            image_tokens: (B, N, C) transformer image tokens, N = h * w.
+            hyper_in: (B, M, C/8) from :meth:`hypernetwork_weights`.
+            grid: (h, w) of the image embedding.
+            chunk: prompts upscaled at a time (bounds the (chunk, 16N, C/8) intermediate).
+
+        Returns:
+            (B, M, 4h, 4w) mask logits.
+        """
+        h, w = grid
+        b, m = hyper_in.shape[:2]
+        parts = []
+        for start in range(0, b, chunk):
+            upscaled = self.upscale_tokens(image_tokens[start : start + chunk])  # (b', 16N, C/8)
+            parts.append(hyper_in[start : start + chunk] @ upscaled.transpose(1, 2))  # (b', M, 16N)
+        logits = parts[0] if len(parts) == 1 else torch.cat(parts)  # (B, M, 16N)
+        logits = logits.view(b, m, h, w, 2, 2, 2, 2)  # (B, M, i, j, a1, b1, a2, b2)
+        return logits.permute(0, 1, 2, 4, 6, 3, 5, 7).reshape(b, m, 4 * h, 4 * w)  # (B, M, 4h, 4w)

@@ -90,7 +90,7 @@ class DecoderAttention(nn.Module):
         q = self.q_proj(tokens).view(b, t, nh, hd) * hd**-0.5  # (B, T, nh, hd)
         w_k = self.k_proj.weight.view(nh, hd, c)  # (nh, hd, C)
         folded = torch.einsum("bthd,hdc->bhtc", q, w_k).reshape(b, nh * t, c)  # (B, nh*T, C)
-        scores = folded @ image_k.transpose(1, 2)  # (B, nh*T, N)
+        scores = _matmul_transposed(folded, image_k)  # (B, nh*T, N)
         probs = scores.softmax(dim=-1)
         mixed = (probs @ image_v).view(b, nh, t, c)  # (B, nh, T, C)
         w_v = self.v_proj.weight.view(nh, hd, c)  # (nh, hd, C)
@@ -113,18 +113,34 @@ class DecoderAttention(nn.Module):
         nh = self.num_heads
         hd = self.internal_dim // nh
         k = self.k_proj(tokens_k).view(b, t, nh, hd) * hd**-0.5  # (B, T, nh, hd)
+        # Scores are laid out (B, nh*T, N): the softmax over the T tokens then runs along a
+        # strided axis of long contiguous rows instead of N tiny rows of length T.
         if projected:
-            scores = torch.einsum("bnhd,bthd->bnht", image_q.view(image_q.shape[0], -1, nh, hd), k)  # (B, N, nh, T)
+            # Block-diagonal keys: row h*T + t holds k[t, h] in head h's slice of D.
+            eye = torch.eye(nh, dtype=k.dtype, device=k.device)
+            queries = torch.einsum("bthd,hg->bhtgd", k, eye).reshape(b, nh * t, nh * hd)  # (B, nh*T, D)
+            scores = _matmul_transposed(queries, image_q)  # (B, nh*T, N)
         else:
             w_q = self.q_proj.weight.view(nh, hd, c)  # (nh, hd, C)
-            folded = torch.einsum("bthd,hdc->bcht", k, w_q).reshape(b, c, nh * t)  # (B, C, nh*T)
-            offset = torch.einsum("bthd,hd->bht", k, self.q_proj.bias.view(nh, hd)).reshape(b, 1, nh * t)  # (B, 1, nh*T)
-            scores = torch.baddbmm(offset, image_q.expand(b, -1, -1), folded).view(b, -1, nh, t)  # (B, N, nh, T)
-        probs = scores.softmax(dim=-1).reshape(b, -1, nh * t)  # (B, N, nh*T)
+            folded = torch.einsum("bthd,hdc->bhtc", k, w_q).reshape(b, nh * t, c)  # (B, nh*T, C)
+            offset = torch.einsum("bthd,hd->bht", k, self.q_proj.bias.view(nh, hd)).reshape(b, nh * t, 1)
+            scores = _matmul_transposed(folded, image_q).add_(offset)  # (B, nh*T, N)
+        n = scores.shape[-1]
+        probs = scores.view(b, nh, t, n).softmax(dim=2).view(b, nh * t, n)  # (B, nh*T, N)
         v = self.v_proj(tokens_v).view(b, t, nh, hd)  # (B, T, nh, hd)
         w_o = self.out_proj.weight.view(c, nh, hd)  # (C, nh, hd)
         mixed = torch.einsum("bthd,chd->bhtc", v, w_o).reshape(b, nh * t, c)  # (B, nh*T, C)
-        return torch.baddbmm(self.out_proj.bias.expand(b, 1, c), probs, mixed)  # (B, N, C)
+        return torch.baddbmm(self.out_proj.bias.expand(b, 1, c), probs.transpose(1, 2), mixed)  # (B, N, C)
+
+
+def _matmul_transposed(a: Tensor, x: Tensor) -> Tensor:
+    """a (B, R, C) times x^T for x (B or 1, N, C) -> (B, R, N).
+
+    With a shared x (batch 1) the B products become one (B*R, C) x (C, N) GEMM.
+    """
+    if x.shape[0] == 1:
+        return a @ x[0].transpose(0, 1)  # (B, R, N)
+    return a @ x.transpose(1, 2)  # (B, R, N)
 
 
 @dataclass
@@ -270,6 +286,7 @@ class TwoWayTransformer(nn.Module):
         image_pe: Tensor | None,
         point_embedding: Tensor,
         cache: ImageSideCache | None = None,
+        keep_tokens: int | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Run the transformer.
 
@@ -278,9 +295,12 @@ class TwoWayTransformer(nn.Module):
             image_pe: (1, C, h, w), unused when ``cache`` is given.
             point_embedding: (B, T, C) tokens.
             cache: from :meth:`prepare_image`.
+            keep_tokens: return only the first K output tokens (the decoder reads only its IoU
+                and mask tokens); the final attention, whose queries are independent of each
+                other, then runs only for those.
 
         Returns:
-            tokens (B, T, C) and image tokens (B, h*w, C).
+            tokens (B, K, C) (K = T by default) and image tokens (B, h*w, C).
         """
         if cache is not None:
             keys, key_pe = cache.keys, cache.key_pe
@@ -294,6 +314,8 @@ class TwoWayTransformer(nn.Module):
         for i, layer in enumerate(self.layers):
             queries, keys = layer(queries, keys, point_embedding, key_pe, first_side if i == 0 else None)
         final = self.final_attn_token_to_image
+        if keep_tokens is not None:
+            queries, point_embedding = queries[:, :keep_tokens], point_embedding[:, :keep_tokens]  # (B, K, C)
         q = queries + point_embedding
         if final.low_rank_pays(q.shape[1]):
             attn = final.tokens_to_image(q, keys + key_pe, keys)
