@@ -14,7 +14,12 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 import samkit
-from samkit.config import ImageEncoderConfig, MaskDecoderConfig, PromptEncoderConfig, SamConfig
+from samkit.config import (
+    ImageEncoderConfig,
+    MaskDecoderConfig,
+    PromptEncoderConfig,
+    SamConfig,
+)
 from samkit.everything import SamAutomaticMaskGenerator
 from samkit.everything import job as job_module
 from samkit.everything.job import collect_inputs, run_everything
@@ -189,3 +194,46 @@ def test_overlay_colours_distinct(tiny_model: Any, tmp_path: Path) -> None:
     assert summary.done == 1
     data = json.loads((tmp_path / "o" / "a" / "result.json").read_text())
     assert all(rle_to_mask(a["segmentation"]).shape == (40, 40) for a in data["annotations"])
+
+
+def _tree(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_engine_contract(tiny_model: Any, images: Path, tmp_path: Path) -> None:
+    """Any engine gives the default engine's files; an image reported twice is written once."""
+    reference = run_everything(_generator(tiny_model), [images], tmp_path / "ref", fmt="both", overlay=True)
+    engine_calls: list[list[str]] = []
+
+    def twice(tasks: list[Any], sink: Any) -> dict[str, Any]:
+        engine_calls.append([t.name for t in tasks])
+        outcomes: list[Any] = []
+        job_module.local_engine(_generator(tiny_model))(list(reversed(tasks)), outcomes.append)  # any order
+        for outcome in outcomes + outcomes:  # e.g. a retried worker call
+            sink(outcome)
+        return {"calls": len(engine_calls)}
+
+    summary = run_everything(None, [images], tmp_path / "out", fmt="both", overlay=True, engine=twice)
+    assert (reference.done, reference.failed) == (3, 2)
+    assert (summary.done, summary.failed, summary.masks) == (reference.done, reference.failed, reference.masks)
+    assert summary.details == {"calls": 1} and summary.images_per_second > 0
+    assert "images/s" in summary.line()
+    assert _tree(tmp_path / "out") == _tree(tmp_path / "ref")
+    # Nothing pending (the two unreadable files aside): the engine only sees those.
+    run_everything(None, [images], tmp_path / "out", fmt="both", overlay=True, engine=twice)
+    assert engine_calls[-1] == ["broken", "notes"]
+    with pytest.raises(ValueError, match="generator"):
+        run_everything(None, [images], tmp_path / "x")
+
+
+def test_cli_engine_options(images: Path, tmp_path: Path, capsys: Any) -> None:
+    from samkit.cli import main
+
+    out = str(tmp_path / "o")
+    assert main(["everything", str(images), "--out", out, "--workers", "2"]) == 2
+    assert "need --engine ray" in capsys.readouterr().err
+    assert main(["everything", str(images), "--out", out, "--ray-address", "auto"]) == 2
+    with pytest.raises(SystemExit):  # argparse: not a choice
+        main(["everything", str(images), "--out", out, "--engine", "spark"])
+    assert main(["everything", str(images), "--out", out, "--threads", "0"]) == 2
+    assert not (tmp_path / "o").exists()

@@ -1,6 +1,7 @@
-"""The Ray engine of ``samkit.scale.run_job`` on a local 2-CPU cluster started by this module.
+"""The Ray engines on a local 2-CPU cluster started by this module: ``samkit.scale.run_job``
+and ``samkit everything --engine ray``.
 
-Checks that it writes the same files as the local engine, and that killing a worker mid-job
+Checks that they write the same files as the local engines, and that killing a worker mid-job
 loses and duplicates no image.
 """
 
@@ -14,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from samkit.everything import SamAutomaticMaskGenerator
+from samkit.everything.job import run_everything
 from samkit.modeling import Sam
 from samkit.scale import run_job
 
@@ -85,7 +88,7 @@ def _crash_once(base: Callable[[], Sam], flag: str) -> Callable[[], Sam]:
 def test_ray_outputs_equal_local_outputs(ray_cluster, tiny_factory, image_dir, tmp_path, generator_kwargs) -> None:  # type: ignore[no-untyped-def]
     for kind, kwargs in (("embed", None), ("everything", generator_kwargs)):
         local, remote = tmp_path / f"{kind}-local", tmp_path / f"{kind}-ray"
-        common = dict(model_factory=tiny_factory, generator_kwargs=kwargs, threads=1, progress=False)
+        common = {"model_factory": tiny_factory, "generator_kwargs": kwargs, "threads": 1, "progress": False}
         run_job(kind, _three(image_dir), local, **common)
         summary = run_job(kind, _three(image_dir), remote, engine="ray", workers=2, **common)
         assert (summary.processed, summary.failed) == (3, 0)
@@ -117,3 +120,79 @@ def test_killed_worker_is_retried_without_lost_or_duplicated_images(ray_cluster,
     run_job("embed", _three(image_dir), reference, model_factory=tiny_factory, threads=1, progress=False)
     _assert_same_outputs(out, reference)
     assert not any(p.name.startswith(".") for p in (out / "embeddings").iterdir())  # no temp files left
+
+
+def _tree(out: Path) -> dict[str, bytes]:
+    """Every file under ``out`` (relative path -> content)."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_everything_cli_ray_writes_the_local_files(ray_cluster, tiny_factory, image_dir, tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """``samkit everything --engine ray`` = ``--engine local``: same PNGs, metadata, COCO, overlays, markers."""
+    import samkit.build as build_module
+    from samkit.cli import main
+    from samkit.scale import cli_support
+
+    monkeypatch.setattr(build_module, "build_sam", lambda *args, **kwargs: tiny_factory())  # --engine local
+    factories: list[str] = []
+
+    def model_factory(args):  # type: ignore[no-untyped-def]
+        factories.append(args.engine)
+        return tiny_factory, "tiny"
+
+    monkeypatch.setattr(cli_support, "model_factory", model_factory)  # --engine ray
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    inputs = [*_three(image_dir), str(bad)]  # two of the three are called one.png
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    options = ["--format", "both", "--overlay", "--points-per-side", "4", "--pred-iou-thresh", "0",
+               "--stability-score-thresh", "0", "--threads", "1", "--no-progress"]  # fmt: skip
+    assert main(["everything", *inputs, "--out", str(local), *options]) == 1  # the bad file
+    local_run = capsys.readouterr()
+    assert main(["everything", *inputs, "--out", str(remote), "--engine", "ray", "--workers", "2", *options]) == 1
+    ray_run = capsys.readouterr()
+    assert factories == ["ray"]  # the second run really went through Ray
+    for run in (local_run, ray_run):
+        assert "3 image(s) segmented, 0 already complete (skipped), 1 failed" in run.out and "images/s" in run.out
+    assert ray_run.err == local_run.err and "skipped" in ray_run.err and "bad.png" in ray_run.err
+    files = _tree(remote)
+    assert files == _tree(local)
+    assert "annotations.json" in files and sum(name.endswith("/overlay.png") for name in files) == 3
+    assert sum(name.endswith("/metadata.csv") for name in files) == 3 and len(files) > 3 * 5
+    # A rerun skips every finished image without starting workers; bad options fail before Ray.
+    assert main(["everything", *_three(image_dir), "--out", str(remote), "--engine", "ray", *options]) == 0
+    assert "0 image(s) segmented, 3 already complete" in capsys.readouterr().out
+    assert main(["everything", str(bad), "--out", str(remote), "--engine", "ray", "--points-per-side", "0"]) == 2
+    assert "points_per_side" in capsys.readouterr().err
+
+
+def test_everything_killed_worker_is_retried_without_lost_or_duplicated_images(  # type: ignore[no-untyped-def]
+    ray_cluster, tiny_factory, image_dir, tmp_path, generator_kwargs
+) -> None:
+    from samkit.scale.everything_engine import ray_everything_engine
+
+    flag = tmp_path / "crashed"
+    out = tmp_path / "out"
+    crashing = ray_everything_engine(_crash_once(tiny_factory, str(flag)), generator_kwargs, workers=2, threads=1)
+    summary = run_everything(None, _three(image_dir), out, fmt="both", engine=crashing)
+    assert flag.exists()  # a worker really died
+    assert (summary.done, summary.skipped, summary.failed) == (3, 0, 0)
+    assert summary.details["actors"] == 2 and summary.images_per_second > 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the actors: same kernels, same float rounding
+    try:
+        generator = SamAutomaticMaskGenerator(tiny_factory(), output_mode="coco_rle", **generator_kwargs)
+        run_everything(generator, _three(image_dir), tmp_path / "reference", fmt="both")
+    finally:
+        torch.set_num_threads(threads)
+    files = _tree(out)
+    assert files == _tree(tmp_path / "reference")  # nothing lost, nothing written twice or half
+    assert not any(".tmp-" in name for name in files)
+    coco = json.loads(files["annotations.json"])
+    assert len(coco["images"]) == 3 and len({a["id"] for a in coco["annotations"]}) == len(coco["annotations"]) > 0
+
+    def no_work(tasks, sink):  # type: ignore[no-untyped-def]
+        raise AssertionError(f"a rerun should have nothing to do, got {tasks}")
+
+    summary = run_everything(None, _three(image_dir), out, fmt="both", engine=no_work)
+    assert (summary.done, summary.skipped) == (0, 3)

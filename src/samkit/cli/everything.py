@@ -1,4 +1,9 @@
-"""``samkit everything``: segment everything in many images (mask PNGs and/or COCO JSON)."""
+"""``samkit everything``: segment everything in many images (mask PNGs and/or COCO JSON).
+
+``--engine local`` (default) segments in this process; ``--engine ray`` on a pool of Ray actors,
+one model replica each. Both write the same files (:func:`samkit.everything.job.run_everything`
+writes them, in this process, whichever engine segments).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ import sys
 from typing import Any
 
 from .common import add_model_args, existing_file, load_model
+
+__all__ = ["generator_kwargs", "register", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -25,12 +32,16 @@ _GENERATOR_OPTIONS: dict[str, tuple[str, type, Any]] = {
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``everything`` subcommand."""
+    from ..scale.cli_support import add_engine_args
+
     parser = subparsers.add_parser(
         "everything",
         help="find all masks in images (automatic mask generation)",
         description="Segment everything in each input image with a grid of point prompts. "
         "Writes, per image, a folder of mask PNGs plus metadata.csv (--format png) and/or one COCO JSON "
-        "for all images (--format coco). Rerunning skips images whose outputs are complete.",
+        "for all images (--format coco). Rerunning skips images whose outputs are complete. "
+        "--engine ray --workers N segments on N model replicas on Ray (a local cluster, or --ray-address); "
+        "the files are the same as with the local engine.",
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders of images, or glob patterns")
     parser.add_argument("--out", required=True, help="output folder")
@@ -41,11 +52,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="png: per image a folder of mask PNGs + metadata.csv; coco: OUT/annotations.json; both (default png)",
     )
     parser.add_argument("--overlay", action="store_true", help="also write OUT/<image>/overlay.png with all masks")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     group = parser.add_argument_group("mask generation")
     for option, (_, kind, default) in _GENERATOR_OPTIONS.items():
         group.add_argument(option, type=kind, default=default, help=f"(default {default})")
     add_model_args(parser)
+    add_engine_args(parser)  # also --threads and --no-progress
     parser.set_defaults(func=run)
 
 
@@ -58,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``samkit everything``; 0 if every input was segmented (or already done), 1 if some failed."""
     from ..everything import SamAutomaticMaskGenerator
     from ..everything.job import collect_inputs, run_everything
+    from ..scale.cli_support import engine_kwargs
     from . import UserError
 
     kwargs = generator_kwargs(args)
@@ -65,27 +77,86 @@ def run(args: argparse.Namespace) -> int:
         collect_inputs(args.inputs)  # fail fast on inputs that name nothing, before loading the model
     except FileNotFoundError as exc:
         raise UserError(str(exc)) from None
+    engine = engine_kwargs(args)  # checks --workers / --ray-address / --threads and that Ray is there
     checkpoint = None if args.checkpoint is None else str(existing_file(args.checkpoint, "--checkpoint").resolve())
-    model = load_model(args)
-    try:
-        generator = SamAutomaticMaskGenerator(model, output_mode="coco_rle", **kwargs)
-    except (ValueError, ImportError) as exc:
-        raise UserError(str(exc)) from None
+    # The same signature for both engines: it is recorded in the outputs, which do not depend on the engine.
     signature = {"model": args.model, "checkpoint": checkpoint, "dtype": args.dtype, **kwargs}
-    progress = not args.no_progress and sys.stderr.isatty()
+    progress = engine["progress"] and sys.stderr.isatty()
 
     def report(task: Any, reason: str) -> None:
         print(f"samkit everything: skipped {task.path}: {reason}", file=sys.stderr)
 
-    summary = run_everything(
-        generator,
-        args.inputs,
-        args.out,
-        fmt=args.format,
-        overlay=args.overlay,
-        signature=signature,
-        progress=progress,
-        on_failure=report,
-    )
+    common: dict[str, Any] = {"fmt": args.format, "overlay": args.overlay, "signature": signature, "progress": progress, "on_failure": report}
+    if engine["engine"] == "ray":
+        summary = run_everything(None, args.inputs, args.out, engine=_ray_engine(args, kwargs, engine), **common)
+    else:
+        import torch
+
+        threads_before = torch.get_num_threads()
+        try:
+            if engine["threads"] is not None:
+                torch.set_num_threads(engine["threads"])
+            model = load_model(args)
+            try:
+                generator = SamAutomaticMaskGenerator(model, output_mode="coco_rle", **kwargs)
+            except (ValueError, ImportError) as exc:
+                raise UserError(str(exc)) from None
+            summary = run_everything(generator, args.inputs, args.out, **common)
+        finally:
+            torch.set_num_threads(threads_before)  # main() may be called in-process (tests, notebooks)
     print(summary.line())
+    if summary.details:
+        logger.info("engine: %s", summary.details)
     return 1 if summary.failed else 0
+
+
+def _ray_engine(args: argparse.Namespace, kwargs: dict[str, Any], engine: dict[str, Any]) -> Any:
+    """The Ray engine for these options, after checking the generator options in this process.
+
+    The actors build the generator, so a bad option would only show there, as workers that fail
+    to start; :func:`_check_generator_options` reports it here first, as a one-line user error.
+    """
+    from ..scale.cli_support import model_factory
+    from ..scale.everything_engine import ray_everything_engine
+
+    _check_generator_options(kwargs)
+    factory, _ = model_factory(args)
+    return ray_everything_engine(
+        factory, kwargs, workers=engine["workers"], address=engine["ray_address"], threads=engine["threads"]
+    )
+
+
+def _check_generator_options(kwargs: dict[str, Any]) -> None:
+    """Check generator options without loading the real model.
+
+    The checks do not depend on the model, so they run on a tiny random one (built in
+    milliseconds, no checkpoint read, unlike a ``meta``-device copy of the real architecture,
+    which costs seconds of torch imports).
+
+    Raises:
+        samkit.cli.UserError: an option is out of range, or OpenCV is missing but needed.
+    """
+    from ..config import (
+        ImageEncoderConfig,
+        MaskDecoderConfig,
+        PromptEncoderConfig,
+        SamConfig,
+    )
+    from ..everything import SamAutomaticMaskGenerator
+    from ..modeling import Sam
+    from . import UserError
+
+    config = SamConfig(
+        name="options-check",
+        image_encoder=ImageEncoderConfig(
+            img_size=32, embed_dim=8, depth=1, num_heads=1, window_size=0, global_attn_indexes=(0,), out_chans=8
+        ),
+        prompt_encoder=PromptEncoderConfig(embed_dim=8, image_embedding_size=2, input_image_size=32),
+        mask_decoder=MaskDecoderConfig(
+            transformer_dim=8, transformer_depth=1, transformer_mlp_dim=8, transformer_num_heads=1, iou_head_hidden_dim=8
+        ),
+    )
+    try:
+        SamAutomaticMaskGenerator(Sam(config), output_mode="coco_rle", **kwargs)
+    except (ValueError, ImportError) as exc:
+        raise UserError(str(exc)) from None

@@ -9,7 +9,10 @@ can run the middle one:
 * :class:`OutputWriter` writes one image's outputs, and a done-marker last, and assembles the
   COCO file from the per-image results on disk (so a resumed run keeps earlier images).
 
-:func:`run_everything` ties them together for the local engine.
+:func:`run_everything` ties them together. It hands the pending tasks to an :data:`Engine`, which
+runs :func:`segment_task` somewhere and reports each image's outcome back to this process, the
+only writer: :func:`local_engine` (the default) segments in this process, in order;
+``samkit.scale.everything_engine.ray_everything_engine`` on a pool of Ray actors.
 """
 
 from __future__ import annotations
@@ -22,25 +25,37 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..io import ImageReadError, atomic_write_text, draw_overlay, load_image, palette, save_image, save_mask_png
+from ..io import (
+    ImageReadError,
+    atomic_write_text,
+    draw_overlay,
+    load_image,
+    palette,
+    save_image,
+    save_mask_png,
+)
 from .rle import rle_to_mask
 
 __all__ = [
     "FORMATS",
-    "ImageTask",
+    "Engine",
     "ImageResult",
+    "ImageTask",
     "JobSummary",
-    "collect_inputs",
-    "segment_task",
+    "Outcome",
     "OutputWriter",
+    "TaskFailure",
+    "collect_inputs",
+    "local_engine",
     "run_everything",
+    "segment_task",
 ]
 
 logger = logging.getLogger(__name__)
@@ -82,9 +97,35 @@ class ImageResult:
     seconds: float
 
 
+@dataclass(frozen=True)
+class TaskFailure:
+    """An image that could not be segmented, and why (one line)."""
+
+    task: ImageTask
+    reason: str
+
+
+# What an engine reports for one image.
+Outcome = ImageResult | TaskFailure
+
+# An engine runs segment_task on every task and calls the sink once per task, in this process, in
+# any order; it returns counters for JobSummary.details (or None).
+Engine = Callable[[list[ImageTask], Callable[[Outcome], None]], dict[str, Any] | None]
+
+
 @dataclass
 class JobSummary:
-    """Counts of a :func:`run_everything` run."""
+    """Counts of a :func:`run_everything` run.
+
+    Attributes:
+        done, skipped, failed: images segmented now, complete from an earlier run, failed now.
+        masks: masks found in the images segmented now.
+        seconds: wall time of the run (listing inputs to COCO file; with Ray, starting the
+            workers and loading their models too).
+        failures: (image path, reason) of each failed image.
+        coco_path: the COCO file (coco and both formats).
+        details: the engine's counters (Ray: actors, resubmitted images, GPU use).
+    """
 
     done: int = 0
     skipped: int = 0
@@ -93,12 +134,18 @@ class JobSummary:
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
     coco_path: Path | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def images_per_second(self) -> float:
+        """Images segmented in this run per second of wall time."""
+        return self.done / self.seconds if self.seconds > 0 else 0.0
 
     def line(self) -> str:
         """One-line human summary."""
         text = (
             f"{self.done} image(s) segmented, {self.skipped} already complete (skipped), {self.failed} failed; "
-            f"{self.masks} mask(s); {self.seconds:.1f} s"
+            f"{self.masks} mask(s); {self.seconds:.1f} s ({self.images_per_second:.2f} images/s)"
         )
         if self.coco_path is not None:
             text += f"; COCO: {self.coco_path}"
@@ -313,27 +360,31 @@ class OutputWriter:
         return path
 
 
-# --------------------------------------------------------------------------- local engine
+# --------------------------------------------------------------------------- engines
 
 
-class _TaskError(Exception):
-    """A task that failed, with the reason."""
+def local_engine(generator: Any, *, progress: bool = False) -> Engine:
+    """The engine that segments in this process, one image after the other.
 
-    def __init__(self, task: ImageTask, error: BaseException) -> None:
-        super().__init__(str(error))
-        self.task = task
-        self.error = error
+    Args:
+        generator: a :class:`samkit.SamAutomaticMaskGenerator` with ``output_mode="coco_rle"``.
+        progress: show a progress bar over prompt batches within each image.
 
+    Returns:
+        an :data:`Engine`: an unreadable image becomes a :class:`TaskFailure`; any other error
+        stops the run.
+    """
 
-def _local_engine(
-    work: Callable[[ImageTask], ImageResult], tasks: Iterable[ImageTask]
-) -> Iterator[ImageResult | _TaskError]:
-    """Run ``work`` on each task in order; yield its result, or the error of an unreadable image."""
-    for task in tasks:
-        try:
-            yield work(task)
-        except ImageReadError as exc:
-            yield _TaskError(task, exc)
+    def run(tasks: list[ImageTask], sink: Callable[[Outcome], None]) -> None:
+        for task in tasks:
+            try:
+                result = segment_task(generator, task, progress=progress)
+            except ImageReadError as exc:
+                sink(TaskFailure(task, str(exc)))
+            else:
+                sink(result)
+
+    return run
 
 
 def run_everything(
@@ -346,14 +397,19 @@ def run_everything(
     signature: dict[str, Any] | None = None,
     progress: bool = False,
     on_failure: Callable[[ImageTask, str], None] | None = None,
+    engine: Engine | None = None,
 ) -> JobSummary:
     """Segment every input image and write the outputs; resumable.
 
     Images whose outputs are already complete (same settings) are skipped; a file that cannot be
-    read as an image is reported (``on_failure``, and the log) and skipped.
+    read as an image is reported (``on_failure``, and the log) and skipped. Whatever the engine,
+    this process writes every output file (so an image's outputs are written once even when an
+    engine retries it) and the files do not depend on the engine, given the same model, device
+    and torch thread count.
 
     Args:
-        generator: a :class:`samkit.SamAutomaticMaskGenerator` with ``output_mode="coco_rle"``.
+        generator: a :class:`samkit.SamAutomaticMaskGenerator` with ``output_mode="coco_rle"``;
+            None when ``engine`` brings its own.
         inputs: image files, folders and glob patterns.
         out_dir: output folder.
         fmt: ``"png"`` (mask PNGs + metadata.csv per image), ``"coco"`` (one COCO JSON) or ``"both"``.
@@ -361,12 +417,22 @@ def run_everything(
         signature: settings recorded in the done-markers (a change invalidates earlier outputs).
         progress: show progress bars (images, and prompt batches within an image).
         on_failure: called with each failed task and the reason.
+        engine: where :func:`segment_task` runs (default: ``local_engine(generator)``); e.g.
+            ``samkit.scale.everything_engine.ray_everything_engine(...)``. Not called when
+            every image is complete.
 
     Returns:
         the counts, and the COCO file path for the coco formats.
+
+    Raises:
+        ValueError: neither ``generator`` nor ``engine`` given, or a bad ``fmt``.
     """
     from tqdm.auto import tqdm
 
+    if engine is None:
+        if generator is None:
+            raise ValueError("generator: needed unless an engine is given")
+        engine = local_engine(generator, progress=progress)
     start = time.perf_counter()
     tasks = collect_inputs(inputs)
     writer = OutputWriter(out_dir, fmt, overlay=overlay, signature=signature or {})
@@ -378,24 +444,29 @@ def run_everything(
         else:
             pending.append(task)
 
-    def work(task: ImageTask) -> ImageResult:
-        return segment_task(generator, task, progress=progress)
+    handled: set[ImageTask] = set()
 
     with tqdm(total=len(pending), disable=not progress, desc="images", unit="image") as bar:
-        for outcome in _local_engine(work, pending):
-            if isinstance(outcome, _TaskError):
+
+        def sink(outcome: Outcome) -> None:
+            if outcome.task in handled:  # an engine that reports an image twice never writes it twice
+                logger.warning("duplicate result for %s ignored", outcome.task.path)
+                return
+            handled.add(outcome.task)
+            if isinstance(outcome, TaskFailure):
                 summary.failed += 1
-                reason = str(outcome.error)
-                summary.failures.append((str(outcome.task.path), reason))
-                logger.warning("skipped %s: %s", outcome.task.path, reason)
+                summary.failures.append((str(outcome.task.path), outcome.reason))
+                logger.warning("skipped %s: %s", outcome.task.path, outcome.reason)
                 if on_failure is not None:
-                    on_failure(outcome.task, reason)
+                    on_failure(outcome.task, outcome.reason)
             else:
-                assert isinstance(outcome, ImageResult)
                 writer.write(outcome)
                 summary.done += 1
                 summary.masks += len(outcome.records)
             bar.update(1)
+
+        if pending:
+            summary.details = dict(engine(pending, sink) or {})
     if fmt in ("coco", "both"):
         summary.coco_path = writer.write_coco(tasks)
     summary.seconds = time.perf_counter() - start

@@ -21,9 +21,9 @@ from typing import Any
 from ..io import atomic_write_bytes, atomic_write_text
 from ..modeling import Sam
 from .layout import JOB_FILE_NAME, MANIFEST_NAME, list_images, read_json, work_items
-from .work import ImageResult, WorkItem
+from .work import ImageResult, WorkItem, output_bytes
 
-__all__ = ["run_job", "JobSummary", "JOB_KINDS", "ENGINES"]
+__all__ = ["ENGINES", "JOB_KINDS", "JobSummary", "run_job"]
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def run_job(
             logger.warning("duplicate result for %s ignored", item.image)
             return
         if result.ok:
-            atomic_write_bytes(out / item.output, result.data)
+            atomic_write_bytes(out / item.output, output_bytes(result))
             entries[item.index] = {"image": item.image, "output": item.output, "status": "done", "count": result.count}
             counters["processed"] += 1
         else:

@@ -1,7 +1,9 @@
-"""Per-image work: the pure function that turns one image file into one output file's bytes.
+"""Per-image work: what a worker (this process or a Ray actor) does with one image.
 
-Both engines run exactly this code (in-process or inside a Ray actor), so their outputs are
-byte-identical for the same model and thread count.
+Both engines run exactly this code, so their outputs are byte-identical for the same model and
+thread count. Segment-everything goes through :func:`samkit.everything.job.segment_task`, the
+same per-image function ``samkit everything`` runs locally; workers return its result and the
+driver writes the files.
 """
 
 from __future__ import annotations
@@ -11,16 +13,20 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..everything.job import ImageResult as SegmentResult
+from ..everything.job import ImageTask, segment_task
+from ..io import ImageReadError
 from ..modeling import Sam
 
 # Must match SamPredictor.save_embedding so that SamPredictor.load_embedding reads our files.
 from ..predictor import _EMBEDDING_FORMAT
 
-__all__ = ["WorkItem", "ImageResult", "ImageProcessor", "embedding_bytes"]
+__all__ = ["ImageProcessor", "ImageResult", "WorkItem", "embedding_bytes", "mask_file_bytes", "output_bytes"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +38,8 @@ class WorkItem:
     Attributes:
         index: position of the image in the job's input list.
         image: path of the image file (as listed).
-        output: path of its output file, relative to the job's output directory.
+        output: path of its output file (``run_job``) or folder (``samkit everything``),
+            relative to the job's output directory.
     """
 
     index: int
@@ -46,8 +53,10 @@ class ImageResult:
 
     Attributes:
         item: the work item.
-        ok: True when ``data`` holds the output file's bytes.
-        data: the output file's content (empty when not ok).
+        ok: True when the image was processed.
+        data: embed: the output file's content (empty when not ok or for everything).
+        segments: everything: what :func:`samkit.everything.job.segment_task` found (None when
+            not ok or for embed).
         count: masks found (everything) or embeddings written (embed, 1).
         error: one-line reason when not ok.
         seconds: time spent on this image by the worker.
@@ -57,6 +66,7 @@ class ImageResult:
     item: WorkItem
     ok: bool
     data: bytes = b""
+    segments: SegmentResult | None = None
     count: int = 0
     error: str | None = None
     seconds: float = 0.0
@@ -83,8 +93,29 @@ def embedding_bytes(predictor: Any) -> bytes:
     return save({"features": predictor.features.float().cpu().contiguous()}, metadata=meta)
 
 
+def mask_file_bytes(image: str, segments: SegmentResult) -> bytes:
+    """The content of ``run_job``'s everything output file for one image.
+
+    Args:
+        image: the image path as listed in the job.
+        segments: the image's :func:`samkit.everything.job.segment_task` result.
+
+    Returns:
+        compact JSON ``{"image", "height", "width", "annotations": [records, COCO RLE]}``.
+    """
+    doc = {"image": image, "height": segments.height, "width": segments.width, "annotations": segments.records}
+    return json.dumps(doc, separators=(",", ":")).encode("utf-8")
+
+
+def output_bytes(result: ImageResult) -> bytes:
+    """The content of ``run_job``'s output file for a successful result (embed or everything)."""
+    if result.segments is not None:
+        return mask_file_bytes(result.item.image, result.segments)
+    return result.data
+
+
 class ImageProcessor:
-    """Holds one model replica and turns image paths into output bytes.
+    """Holds one model replica and turns image paths into :class:`ImageResult` s.
 
     Args:
         kind: ``"everything"`` or ``"embed"``.
@@ -127,7 +158,27 @@ class ImageProcessor:
 
     def __call__(self, item: WorkItem) -> ImageResult:
         """Process one image; unreadable images and model errors become a failed result."""
-        from ..io import ImageReadError, load_image
+        if self.kind == "everything":
+            return self._segment(item)
+        return self._embed(item)
+
+    def _segment(self, item: WorkItem) -> ImageResult:
+        """Segment everything in one image with :func:`samkit.everything.job.segment_task`."""
+        task = ImageTask(path=Path(item.image), name=item.output)
+        try:
+            segments = segment_task(self.generator, task)
+        except ImageReadError as exc:  # the same reason the local samkit everything reports
+            return ImageResult(item, ok=False, error=str(exc), worker=self.worker)
+        except (RuntimeError, ValueError) as exc:  # e.g. out of memory on one huge image
+            logger.warning("%s: %s", item.image, exc)
+            return ImageResult(item, ok=False, error=f"{type(exc).__name__}: {exc}", worker=self.worker)
+        return ImageResult(
+            item, ok=True, segments=segments, count=len(segments.records), seconds=segments.seconds, worker=self.worker
+        )
+
+    def _embed(self, item: WorkItem) -> ImageResult:
+        """Encode one image; the result holds the embedding file's bytes."""
+        from ..io import load_image
 
         start = time.perf_counter()
         try:
@@ -136,22 +187,10 @@ class ImageProcessor:
             return ImageResult(item, ok=False, error=f"cannot read image: {exc}", worker=self.worker)
         try:
             with torch.inference_mode():
-                if self.kind == "everything":
-                    records = self.generator.generate(image)
-                    doc = {
-                        "image": item.image,
-                        "height": int(image.shape[0]),
-                        "width": int(image.shape[1]),
-                        "annotations": records,
-                    }
-                    data = json.dumps(doc, separators=(",", ":")).encode("utf-8")
-                    count = len(records)
-                else:
-                    self.predictor.set_image(image)
-                    data = embedding_bytes(self.predictor)
-                    self.predictor.reset_image()
-                    count = 1
+                self.predictor.set_image(image)
+                data = embedding_bytes(self.predictor)
+                self.predictor.reset_image()
         except (RuntimeError, ValueError) as exc:  # e.g. out of memory on one huge image
             logger.warning("%s: %s", item.image, exc)
             return ImageResult(item, ok=False, error=f"{type(exc).__name__}: {exc}", worker=self.worker)
-        return ImageResult(item, ok=True, data=data, count=count, seconds=time.perf_counter() - start, worker=self.worker)
+        return ImageResult(item, ok=True, data=data, count=1, seconds=time.perf_counter() - start, worker=self.worker)
