@@ -145,7 +145,7 @@ class MaskDecoder(nn.Module):
         return x.view(b, n * 16, c8)  # (B, N*16, C/8)
 
     def masks_from_image_tokens(
-        self, image_tokens: Tensor, hyper_in: Tensor, grid: tuple[int, int], chunk: int = 8
+        self, image_tokens: Tensor, hyper_in: Tensor, grid: tuple[int, int], chunk: int = 2
     ) -> Tensor:
         """Upscale image tokens and apply the hypernetwork weights.
 

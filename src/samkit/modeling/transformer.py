@@ -20,6 +20,10 @@ from .common import MLPBlock
 
 __all__ = ["DecoderAttention", "TwoWayAttentionBlock", "TwoWayTransformer", "ImageSideCache"]
 
+# Prompts run through the transformer together (measured on a 2-core CPU with a 32 MB L3: 2-4
+# beat both 1 and 64 by ~25%).
+PROMPT_CHUNK = 4
+
 
 class DecoderAttention(nn.Module):
     """Multi-head attention with an optional down-projection of the internal width.
@@ -302,6 +306,33 @@ class TwoWayTransformer(nn.Module):
         Returns:
             tokens (B, K, C) (K = T by default) and image tokens (B, h*w, C).
         """
+        b = point_embedding.shape[0]
+        if b > PROMPT_CHUNK and not torch.jit.is_tracing():
+            # A few prompts at a time: each prompt's (N, C) image-side intermediates are ~4 MB, and
+            # a chunk that stays in the CPU cache beats one pass over (B, N, C) tensors in memory.
+            per_prompt_image = image_embedding is not None and image_embedding.shape[0] == b
+            parts = [
+                self._forward(
+                    image_embedding[s : s + PROMPT_CHUNK] if per_prompt_image else image_embedding,  # type: ignore[index]
+                    image_pe,
+                    point_embedding[s : s + PROMPT_CHUNK],
+                    cache,
+                    keep_tokens,
+                )
+                for s in range(0, b, PROMPT_CHUNK)
+            ]
+            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        return self._forward(image_embedding, image_pe, point_embedding, cache, keep_tokens)
+
+    def _forward(
+        self,
+        image_embedding: Tensor | None,
+        image_pe: Tensor | None,
+        point_embedding: Tensor,
+        cache: ImageSideCache | None,
+        keep_tokens: int | None,
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`forward` for one chunk of prompts."""
         if cache is not None:
             keys, key_pe = cache.keys, cache.key_pe
             first_side: tuple[Tensor, Tensor, Tensor] | None = (cache.t2i_k, cache.t2i_v, cache.i2t_q)
