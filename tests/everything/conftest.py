@@ -2,19 +2,11 @@
 
 Parity needs masks that survive the generator's filters. A randomly perturbed SAM predicts IoUs
 near 0 and noisy, image-wide masks (every box is the whole image, so NMS keeps one), which would
-make a parity test on "0 or 1 mask" prove little. :func:`construct_decoder_` therefore turns a
-perturbed official model into one that behaves like a (toy) trained SAM, by choosing weights,
-which both implementations then load from the same checkpoint:
-
-* in the last two-way layer, image tokens attend to the prompt point through its positional
-  encoding only (q/k projections pick matching sin/cos channels), so the attention to the point
-  is a bump around it that also depends a little on the image content;
-* that layer's output is scaled up so the bump dominates the image tokens, and the upscaling
-  convolutions are made spatially uniform (no checkerboard);
-* the hypernetwork outputs are fitted (least squares) so that mask k = {bump > tau_k}:
-  three nested masks per point, like SAM's whole / part / sub-part, with sharp edges
-  (stable) and boxes that differ from point to point;
-* the IoU head's bias is shifted so its predictions straddle the thresholds.
+make a parity test on "0 or 1 mask" prove little. ``construct_decoder_`` (in ``bench/baselines.py``,
+shared with ``samkit bench``; loaded here by path) therefore turns a perturbed official model into
+one that behaves like a (toy) trained SAM, by choosing decoder weights, which both implementations
+then load from the same checkpoint: point-local nested masks with sharp edges and predicted IoUs
+that straddle the thresholds.
 """
 
 from __future__ import annotations
@@ -30,9 +22,17 @@ import pytest
 import torch
 from torch import nn
 
-from samkit.config import ImageEncoderConfig, MaskDecoderConfig, PromptEncoderConfig, SamConfig
+from samkit.benchmark import load_baselines
+from samkit.config import (
+    ImageEncoderConfig,
+    MaskDecoderConfig,
+    PromptEncoderConfig,
+    SamConfig,
+)
 
 NOISE_STD = 0.02
+BASELINES = load_baselines(Path(__file__).resolve().parents[2] / "bench" / "baselines.py")
+construct_decoder_ = BASELINES.construct_decoder_
 
 
 # --------------------------------------------------------------------------- images
@@ -74,7 +74,13 @@ def small_config(img_size: int = 1024, dim: int = 64) -> SamConfig:
 
 def build_official_small(img_size: int = 1024, dim: int = 64) -> nn.Module:
     """The official ``Sam`` with the architecture of :func:`small_config`."""
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+    from segment_anything.modeling import (
+        ImageEncoderViT,
+        MaskDecoder,
+        PromptEncoder,
+        Sam,
+        TwoWayTransformer,
+    )
 
     grid = img_size // 16
     return Sam(
@@ -112,89 +118,6 @@ def perturb_(model: nn.Module, seed: int, std: float = NOISE_STD) -> None:
     for tensor in model.state_dict().values():
         if tensor.dtype.is_floating_point:
             tensor.add_(torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype) * std)
-
-
-@torch.no_grad()
-def construct_decoder_(
-    model: nn.Module,
-    image: np.ndarray,
-    *,
-    taus: tuple[float, float, float] = (0.6, 0.7, 0.8),
-    sharpness: float = 60.0,
-    iou_shift: float = 0.8,
-    attention_gain: float = 4.0,
-    pe_scale: float = 0.8,
-) -> None:
-    """Choose decoder weights of a perturbed official model so that it makes point-local masks.
-
-    See the module docstring. ``image`` is used to fit the hypernetwork outputs (a few points).
-    """
-    from segment_anything import SamPredictor
-
-    decoder, prompt_encoder = model.mask_decoder, model.prompt_encoder
-    prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.mul_(pe_scale)  # lower frequencies: wider bumps
-    decoder.iou_prediction_head.layers[-1].bias.add_(iou_shift)
-    for module in decoder.output_upscaling:
-        if isinstance(module, nn.ConvTranspose2d):  # same kernel at the 4 positions: no checkerboard
-            module.weight.copy_(module.weight.mean(dim=(2, 3), keepdim=True).expand_as(module.weight))
-    first, last = decoder.transformer.layers[0], decoder.transformer.layers[-1]
-    first.norm4.weight.mul_(0.1)  # image tokens small next to the positional encoding ...
-    first.norm4.bias.mul_(0.1)
-    last.norm3.weight.mul_(0.05)  # ... and prompt tokens small next to theirs
-    last.norm3.bias.mul_(0.05)
-    attn = last.cross_attn_image_to_token
-    attn.v_proj.weight.mul_(20.0)
-    inner, dim = attn.q_proj.weight.shape
-    heads = attn.num_heads
-    per_head = inner // heads // 2  # frequencies per head: their sin and cos channels
-    select = torch.zeros(inner, dim)
-    for h in range(heads):
-        for j in range(per_head):
-            f = h * per_head + j
-            select[h * 2 * per_head + j, f] = 1.0  # sin of frequency f
-            select[h * 2 * per_head + per_head + j, dim // 2 + f] = 1.0  # cos of frequency f
-    attn.q_proj.weight.copy_(select * attention_gain**0.5)
-    attn.k_proj.weight.copy_(select * attention_gain**0.5)
-    attn.q_proj.bias.zero_()
-    attn.k_proj.bias.zero_()
-    attn.out_proj.weight.mul_(30.0)
-    used = select.sum(0) > 0  # token channels the q/k read: silence them in the learned embeddings
-    for table in [decoder.iou_token.weight, decoder.mask_tokens.weight, prompt_encoder.not_a_point_embed.weight]:
-        table[:, used] *= 0.05
-    for embedding in prompt_encoder.point_embeddings:
-        embedding.weight[:, used] *= 0.05
-
-    # Fit the hypernetwork outputs: mask k ~ sharpness * (attention to the point - tau_k).
-    predictor = SamPredictor(model)
-    predictor.set_image(image)
-    captured: dict[str, Any] = {}
-    hooks = [
-        attn.register_forward_hook(lambda m, a, kw, o: captured.__setitem__("qk", (kw["q"], kw["k"])), with_kwargs=True),
-        decoder.output_upscaling.register_forward_hook(lambda m, i, o: captured.__setitem__("up", o)),
-    ]
-    rng = np.random.default_rng(0)
-    n = 5
-    points = np.stack([rng.uniform(0, image.shape[1], n), rng.uniform(0, image.shape[0], n)], axis=1)
-    coords = torch.as_tensor(predictor.transform.apply_coords(points, image.shape[:2]))
-    predictor.predict_torch(coords[:, None], torch.ones(n, 1, dtype=torch.int))
-    for hook in hooks:
-        hook.remove()
-    q, k = captured["qk"]
-    qh = attn._separate_heads(attn.q_proj(q), heads)  # (n, nh, N, hd)
-    kh = attn._separate_heads(attn.k_proj(k), heads)  # (n, nh, T, hd)
-    to_point = torch.softmax(qh @ kh.transpose(-1, -2) / qh.shape[-1] ** 0.5, dim=-1)[..., -2].mean(1)  # (n, N)
-    side = int(to_point.shape[1] ** 0.5)
-    bump = nn.functional.interpolate(to_point.view(n, 1, side, side), scale_factor=4, mode="bilinear")  # (n, 1, 4s, 4s)
-    upscaled = captured["up"]  # (n, C/8, 4s, 4s)
-    features = upscaled.permute(0, 2, 3, 1).reshape(-1, upscaled.shape[1]).double()  # (n*16s^2, C/8)
-    for tau, mlp in zip(taus, decoder.output_hypernetworks_mlps[1:]):
-        target = (bump.reshape(-1).double() - tau) * sharpness
-        weights = torch.linalg.lstsq(features, target[:, None]).solution[:, 0]
-        mlp.layers[-1].weight.zero_()
-        mlp.layers[-1].bias.copy_(weights.float())
-    single = decoder.output_hypernetworks_mlps[0].layers[-1]
-    single.weight.zero_()
-    single.bias.copy_(decoder.output_hypernetworks_mlps[2].layers[-1].bias)
 
 
 def save_constructed(builder: Callable[[], nn.Module], path: Path, seed: int, image: np.ndarray, **kwargs: Any) -> Path:

@@ -189,6 +189,11 @@ class SamAutomaticMaskGenerator:
             require_cv2("output_mode='polygons'")
         self.progress = bool(progress)
         self.predictor = SamPredictor(model)
+        self.last_stats: dict[str, int] = {}
+        """Counts from the last :meth:`generate`: ``prompts`` decoded, ``masks`` candidates (3 per
+        prompt), ``iou_passed`` (the predicted-IoU filter), ``pruned_early`` (of those,
+        provably below the stability threshold from their low-res logits, never upscaled),
+        ``stability_passed`` and ``kept`` (records returned)."""
 
     @property
     def model(self) -> Sam:
@@ -210,11 +215,16 @@ class SamAutomaticMaskGenerator:
             ``point_coords`` (``[[x, y]]``), ``stability_score`` and ``crop_box`` (XYWH).
         """
         rgb = to_rgb_uint8(image)
+        self.last_stats = dict.fromkeys(
+            ("prompts", "masks", "iou_passed", "pruned_early", "stability_passed", "kept"), 0
+        )
         data = self._generate_masks(rgb, self.progress if progress is None else progress)
         if self.min_mask_region_area > 0:
             data = self._remove_small_regions(
                 data, rgb.shape[:2], self.min_mask_region_area, max(self.box_nms_thresh, self.crop_nms_thresh)
             )
+        self.last_stats["kept"] = len(data)
+        logger.debug("segment everything: %s", self.last_stats)
         return self._records(data, rgb.shape[:2])
 
     # --------------------------------------------------------------- pipeline
@@ -284,6 +294,10 @@ class SamAutomaticMaskGenerator:
         iou = batch.iou.flatten().cpu()  # (3B,) prompt-major, like the reference
         keep = iou > self.pred_iou_thresh if self.pred_iou_thresh > 0.0 else torch.ones_like(iou, dtype=torch.bool)
         index = keep.nonzero().flatten()  # (N,)
+        stats = self.last_stats
+        stats["prompts"] = stats.get("prompts", 0) + len(points)
+        stats["masks"] = stats.get("masks", 0) + len(iou)
+        stats["iou_passed"] = stats.get("iou_passed", 0) + len(index)
         if len(index) == 0:
             return MaskSet()
         low_res = decoder.masks(batch, (index // n_out).to(batch.iou.device), (index % n_out).to(batch.iou.device))
@@ -300,6 +314,7 @@ class SamAutomaticMaskGenerator:
             sel = torch.arange(len(stability))
             if self.stability_score_thresh > 0.0:
                 sel = (stability >= self.stability_score_thresh).nonzero().flatten()  # (k,)
+            stats["stability_passed"] = stats.get("stability_passed", 0) + len(sel)
             if len(sel) == 0:
                 continue
             masks = logits[sel.to(logits.device)] > mask_threshold  # (k, h, w)
