@@ -36,8 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--quantize",
         default=None,
         choices=("int8",),
-        help="also write encoder.int8.onnx and decoder.int8.onnx (dynamic int8 quantization of MatMul/Gemm "
-        "weights; OnnxPredictor.from_dir(OUT, quantized=True) opens them)",
+        help="also write encoder.int8.onnx: the encoder with int8 MatMuls (8-bit per-channel weights, "
+        "activations quantized at run time); the decoder stays float32. "
+        "OnnxPredictor.from_dir(OUT, quantized=True) opens encoder.int8.onnx + decoder.onnx",
     )
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset version (default 17, >= 14)")
     parser.add_argument(

@@ -109,13 +109,16 @@ class OnnxPredictor:
         providers: list[str] | None = None,
         session_options: Any = None,
     ) -> OnnxPredictor:
-        """Open ``encoder.onnx`` / ``decoder.onnx`` (or the ``*.int8.onnx`` pair) in ``directory``."""
+        """Open ``encoder.onnx`` + ``decoder.onnx`` in ``directory``.
+
+        With ``quantized=True``: ``encoder.int8.onnx`` + ``decoder.onnx`` (the decoder is not
+        quantized; see :func:`samkit.onnx.quantize_int8`). Other pairs: the constructor.
+        """
         root = Path(directory)
-        suffix = ".int8.onnx" if quantized else ".onnx"
-        encoder, decoder = root / f"encoder{suffix}", root / f"decoder{suffix}"
+        encoder, decoder = root / ("encoder.int8.onnx" if quantized else "encoder.onnx"), root / "decoder.onnx"
         if not encoder.is_file() or not decoder.is_file():
             raise FileNotFoundError(
-                f"{root}: expected encoder{suffix} and decoder{suffix} (written by `samkit export-onnx"
+                f"{root}: expected {encoder.name} and {decoder.name} (written by `samkit export-onnx"
                 f"{' --quantize int8' if quantized else ''}`)"
             )
         return cls(encoder, decoder, providers, session_options=session_options)
