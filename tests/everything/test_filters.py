@@ -8,7 +8,15 @@ import torch
 from segment_anything.utils import amg
 from torchvision.ops import batched_nms
 
-from samkit.everything.filters import is_box_near_crop_edge, masks_to_boxes, nms, stability_score
+from samkit.everything.filters import (
+    is_box_near_crop_edge,
+    masks_to_boxes,
+    nms,
+    provably_unstable,
+    stability_bounds,
+    stability_score,
+)
+from samkit.transforms import postprocess_masks, preprocess_shape
 from samkit.everything.grid import build_all_layer_point_grids, build_point_grid, generate_crop_boxes
 
 
@@ -53,6 +61,27 @@ def test_stability_equals_reference() -> None:
     torch.testing.assert_close(
         stability_score(logits, 0.0, 1.0), amg.calculate_stability_score(logits, 0.0, 1.0), equal_nan=True
     )
+
+
+@pytest.mark.parametrize("size", [(546, 967), (300, 200), (1500, 700), (64, 1000), (1024, 1024)])
+def test_stability_bounds_are_sound(size: tuple[int, int]) -> None:
+    """Bounds from low-res logits hold for the upscaled masks; pruning never drops a stable mask."""
+    g = torch.Generator().manual_seed(size[0])
+    coarse = torch.randn(10, 1, 16, 16, generator=g) * 8  # (10, 1, 16, 16) smooth blobs ...
+    low = torch.nn.functional.interpolate(coarse, (256, 256), mode="bilinear")[:, 0]  # (10, 256, 256)
+    low = torch.cat([low + torch.randn(10, 256, 256, generator=g) * 0.3, torch.randn(2, 256, 256, generator=g) * 3])
+    low[-1] = -5.0  # ... noise, and an empty mask
+    input_size = preprocess_shape(*size, 1024)
+    up = postprocess_masks(low, input_size, size, 1024)  # (12, H, W)
+    high = (up > 1.0).flatten(1).sum(1)  # (12,)
+    above_low = (up > -1.0).flatten(1).sum(1)
+    upper, lower = stability_bounds(low, input_size, size, 1024, (1.0, -1.0))
+    assert (upper >= high).all() and (lower <= above_low).all()
+    for thresh in (0.5, 0.8, 0.95):
+        pruned = provably_unstable(upper, lower, thresh)
+        stability = stability_score(up, 0.0, 1.0)
+        assert not (pruned & (stability >= thresh)).any()
+    assert bool(provably_unstable(upper, lower, 0.95)[-1])  # empty: NaN score, always dropped
 
 
 def test_grids_and_crop_boxes_equal_reference() -> None:

@@ -4,8 +4,9 @@ Automatic mask generation decodes a grid of single foreground points and keeps o
 whose predicted IoU passes a threshold. The IoU head reads the transformer's IoU token alone,
 so the decode is split in two: first the two-way transformer and the IoU head for every
 prompt, then the mask upscaling network and the hypernetwork product only for the masks that
-survive the IoU filter. The prompt-independent image-side work of the first two-way layer is
-computed once per image (:meth:`samkit.modeling.Sam.decoder_cache`).
+survive the IoU filter (upscaling once per prompt with a survivor, and the hypernetwork product
+only for its surviving outputs). The prompt-independent image-side work of the first two-way
+layer is computed once per image (:meth:`samkit.modeling.Sam.decoder_cache`).
 """
 
 from __future__ import annotations
@@ -96,7 +97,17 @@ class PointDecoder:
         n = prompt.shape[0]
         if n == 0:
             return torch.zeros((0, 4 * h, 4 * w), dtype=torch.float32, device=self.model.device)
-        unique, inverse = torch.unique(prompt, return_inverse=True)  # (U,), (N,)
+        unique, inverse, counts = torch.unique(prompt, return_inverse=True, return_counts=True)  # (U,), (N,), (U,)
         hyper = decoder.hypernetwork_weights(batch.tokens[unique], decoder.output_token_slice(True))  # (U, 3, C/8)
-        logits = decoder.masks_from_image_tokens(batch.image_tokens[unique], hyper, (h, w))  # (U, 3, 4h, 4w)
-        return logits[inverse, output].float()  # (N, 4h, 4w)
+        # Only the selected outputs: mask i goes to slot rank[i] (its rank among its prompt's masks).
+        order = torch.argsort(inverse, stable=True)  # (N,) masks grouped by prompt
+        starts = torch.cumsum(counts, 0) - counts  # (U,) first position of each prompt in `order`
+        rank = torch.empty_like(inverse)
+        rank[order] = torch.arange(n, device=inverse.device) - starts[inverse[order]]  # (N,)
+        slots = int(counts.max())
+        selected = hyper.new_zeros((len(unique), slots, hyper.shape[-1]))  # (U, S, C/8)
+        selected[inverse, rank] = hyper[inverse, output]
+        # unique is sorted: all B prompts means the identity, and a copy of (B, h*w, C) is avoided.
+        image_tokens = batch.image_tokens if len(unique) == batch.image_tokens.shape[0] else batch.image_tokens[unique]
+        logits = decoder.masks_from_image_tokens(image_tokens, selected, (h, w))  # (U, S, 4h, 4w)
+        return logits[inverse, rank].float()  # (N, 4h, 4w)

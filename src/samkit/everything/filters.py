@@ -7,6 +7,7 @@ order and compared to the threshold in float64, and ties in NMS are broken by in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,6 +22,8 @@ __all__ = [
     "box_xyxy_to_xywh",
     "is_box_near_crop_edge",
     "nms",
+    "stability_bounds",
+    "provably_unstable",
 ]
 
 # Above this many box coordinates the reference NMS (torchvision's batched_nms) switches to a
@@ -164,3 +167,104 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         keep = torch.sort(keep).values
         keep = keep[scores[keep].sort(descending=True)[1]]
     return keep
+
+
+def _footprint(out_size: int, mid_size: int, low_size: int, mid_full: int, margin: float = 1e-3) -> tuple[Tensor, int]:
+    """Low-res rows (or columns) that each output row of the two-step bilinear resize can read.
+
+    The resize is low-res ``low_size`` -> ``mid_full`` (cropped to its first ``mid_size``) ->
+    ``out_size``, both bilinear with ``align_corners=False``. Source indices are computed in
+    float64 and widened by ``margin`` either way, so the float32 index arithmetic of the actual
+    kernel cannot pick a row outside the returned window.
+
+    Returns:
+        ((out_size,) int64 first low-res row of each output row's window, window width).
+    """
+
+    def sources(n_out: int, n_in: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
+        real = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)  # (n_out,)
+        lo = np.clip(np.floor(real - margin), 0, n_in - 1).astype(np.int64)
+        hi = np.clip(np.floor(real + margin) + 1, 0, n_in - 1).astype(np.int64)
+        return lo, hi
+
+    mid_lo, mid_hi = sources(out_size, mid_size, mid_size / out_size)  # (out,) intermediate rows read
+    low_lo_of_mid, low_hi_of_mid = sources(mid_size, low_size, low_size / mid_full)  # (mid,) low-res rows read
+    first = low_lo_of_mid[mid_lo]  # (out,) low-res windows are monotone in the row
+    last = low_hi_of_mid[mid_hi]  # (out,)
+    return torch.from_numpy(first), int((last - first).max()) + 1
+
+
+def stability_bounds(
+    low_res: Tensor,
+    input_size: tuple[int, int],
+    original_size: tuple[int, int],
+    img_size: int,
+    thresholds: tuple[float, float],
+) -> tuple[Tensor, Tensor]:
+    """Sound bounds of the stability counts of upscaled masks, from their low-res logits.
+
+    :func:`samkit.transforms.postprocess_masks` upscales with two bilinear resizes; each is a
+    convex combination, so an output pixel lies within [min, max] of the low-res logits in its
+    footprint (a small window, found by :func:`_footprint`). Windows are anchored at their
+    first low-res row and column, so the number of output pixels per anchor is the product of a
+    row count and a column count, and the bounds are two small bilinear forms. A margin of
+    ``1e-4 * (1 + max|logit|)`` covers float32 rounding of the interpolation.
+
+    Args:
+        low_res: (N, h, w) low-res logits (256x256 for SAM).
+        input_size: (h, w) of the resized image before padding.
+        original_size: (H, W) the masks are upscaled to.
+        img_size: side of the padded model input.
+        thresholds: (high, low) logit thresholds of the stability score.
+
+    Returns:
+        ((N,) float64 upper bound of ``count(upscaled > high)``,
+        (N,) float64 lower bound of ``count(upscaled > low)``).
+    """
+    _, low_h, low_w = low_res.shape  # (N, h, w)
+    row_first, k_y = _footprint(original_size[0], input_size[0], low_h, img_size)  # (H,)
+    col_first, k_x = _footprint(original_size[1], input_size[1], low_w, img_size)  # (W,)
+    rows = int(row_first.max()) + 1  # anchors in use
+    cols = int(col_first.max()) + 1
+    count_y = torch.bincount(row_first, minlength=rows).double()  # (rows,) output rows per anchor
+    count_x = torch.bincount(col_first, minlength=cols).double()  # (cols,)
+    x = low_res[:, : rows + k_y - 1, : cols + k_x - 1].float()  # (N, r, c) the low-res cells read
+    margin = 1e-4 * (1.0 + x.flatten(1).abs().amax(1))[:, None, None]  # (N, 1, 1)
+    pad = (0, cols + k_x - 1 - x.shape[2], 0, rows + k_y - 1 - x.shape[1])
+
+    def window_max(values: Tensor) -> Tensor:
+        """(N, r, c) -> (N, rows, cols) maxima over each anchor's k_y x k_x window (separable)."""
+        padded = torch.nn.functional.pad(values, pad, value=-math.inf)  # (N, rows+k_y-1, cols+k_x-1)
+        along_rows = padded[:, :rows]  # (N, rows, cols+k_x-1)
+        for d in range(1, k_y):
+            along_rows = torch.maximum(along_rows, padded[:, d : d + rows])
+        out = along_rows[:, :, :cols]  # (N, rows, cols)
+        for d in range(1, k_x):
+            out = torch.maximum(out, along_rows[:, :, d : d + cols])
+        return out
+
+    high = window_max(x)  # window maxima
+    low = -window_max(-x)  # window minima
+    above_high = (high > thresholds[0] - margin).double()  # (N, rows, cols)
+    above_low = (low > thresholds[1] + margin).double()
+    upper = torch.einsum("nrc,r,c->n", above_high, count_y.to(x.device), count_x.to(x.device))  # (N,)
+    lower = torch.einsum("nrc,r,c->n", above_low, count_y.to(x.device), count_x.to(x.device))  # (N,)
+    return upper.cpu(), lower.cpu()
+
+
+def provably_unstable(upper_high: Tensor, lower_low: Tensor, threshold: float) -> Tensor:
+    """Masks whose stability score is certainly below ``threshold`` (> 0), given count bounds.
+
+    The score is ``float32(high / low)``; it fails when ``high / low < threshold`` with room for
+    float32 rounding, when ``high`` is 0 (score 0 or NaN) — never on a guess.
+
+    Args:
+        upper_high: (N,) upper bounds of ``high`` (from :func:`stability_bounds`).
+        lower_low: (N,) lower bounds of ``low``.
+        threshold: ``stability_score_thresh``, > 0.
+
+    Returns:
+        (N,) bool.
+    """
+    certain_ratio = (lower_low > 0) & (upper_high < threshold * (1.0 - 1e-6) * lower_low)
+    return (upper_high == 0) | certain_ratio

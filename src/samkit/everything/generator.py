@@ -5,7 +5,11 @@ Same parameters, records and masks as the reference generator; the work differs:
 * the prompt-independent decoder work is computed once per image (crop), not per batch;
 * masks are filtered on predicted IoU *before* anything is upscaled, and the mask upscaling
   network runs only for prompts with at least one surviving mask;
-* the survivors' logits are upscaled once (bit-identical to the reference), and the stability
+* masks whose stability score provably fails are dropped before upscaling: bilinear resizing
+  is a convex combination, so sound bounds of the stability counts follow from the low-res
+  logits (:func:`~samkit.everything.filters.stability_bounds`); only masks that may pass are
+  upscaled, and the kept set is exactly the reference's;
+* the remaining logits are upscaled once (bit-identical to the reference), and the stability
   score, binary mask and box are computed from that one tensor, chunk by chunk;
 * run-length encoding, NMS and decoding are vectorized; masks are kept as run lengths, so
   memory is bounded by ``points_per_batch``, not by the grid size or the number of masks.
@@ -34,6 +38,8 @@ from .filters import (
     is_box_near_crop_edge,
     masks_to_boxes,
     nms,
+    provably_unstable,
+    stability_bounds,
     stability_from_counts,
 )
 from .grid import build_all_layer_point_grids, generate_crop_boxes
@@ -304,6 +310,18 @@ class SamAutomaticMaskGenerator:
         del batch
         mask_threshold = self.model.mask_threshold
         offset = self.stability_score_offset
+        if self.stability_score_thresh > 0.0:
+            # Drop masks whose stability provably fails, from bounds on the low-res logits,
+            # before the (costly) upscaling; the kept set is unchanged.
+            upper_high, lower_low = stability_bounds(
+                low_res, input_size, crop_size, self.model.img_size, (mask_threshold + offset, mask_threshold - offset)
+            )  # (N,) each
+            survive = ~provably_unstable(upper_high, lower_low, self.stability_score_thresh)  # (N,)
+            stats["pruned_early"] = stats.get("pruned_early", 0) + int((~survive).sum())
+            if not bool(survive.all()):
+                index, low_res = index[survive], low_res[survive.to(low_res.device)]  # (N',), (N', h, w)
+            if len(index) == 0:
+                return MaskSet()
         crop_h, crop_w = crop_size
         chunk = max(1, _CHUNK_PIXELS // (crop_h * crop_w))
         kept_idx, stabilities, boxes, rles = [], [], [], []
