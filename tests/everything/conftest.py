@@ -120,12 +120,42 @@ def perturb_(model: nn.Module, seed: int, std: float = NOISE_STD) -> None:
             tensor.add_(torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype) * std)
 
 
-def save_constructed(builder: Callable[[], nn.Module], path: Path, seed: int, image: np.ndarray, **kwargs: Any) -> Path:
-    """Build (initial weights seeded too), perturb and construct an official model; save its state dict."""
+def memoize_encoder_(model: nn.Module) -> nn.Module:
+    """Make ``model.image_encoder`` return a stored result for an input it has already encoded.
+
+    The encoder is deterministic, so this only skips repeated work (the vit_b encoder takes
+    seconds per image); the state dict is unchanged (the instance's ``forward`` is wrapped).
+    """
+    encoder = model.image_encoder
+    forward = encoder.forward
+    memo: dict[tuple[tuple[int, ...], int], torch.Tensor] = {}
+
+    def memoized(x: torch.Tensor) -> torch.Tensor:
+        key = (tuple(x.shape), hash(x.detach().cpu().numpy().tobytes()))
+        if key not in memo:
+            memo[key] = forward(x)
+        return memo[key].clone()
+
+    encoder.forward = memoized  # type: ignore[method-assign]
+    return model
+
+
+def construct_official(builder: Callable[[], nn.Module], seed: int, image: np.ndarray, **kwargs: Any) -> nn.Module:
+    """Build (initial weights seeded too), perturb and construct an official model (eval mode).
+
+    Its image encoder is memoized (:func:`memoize_encoder_`), so generating on ``image`` later
+    reuses the encoding made during the construction.
+    """
     torch.manual_seed(seed)
-    model = builder().eval()
+    model = memoize_encoder_(builder().eval())
     perturb_(model, seed)
     construct_decoder_(model, image, **kwargs)
+    return model
+
+
+def save_constructed(builder: Callable[[], nn.Module], path: Path, seed: int, image: np.ndarray, **kwargs: Any) -> Path:
+    """Build, perturb and construct an official model (:func:`construct_official`); save its state dict."""
+    model = construct_official(builder, seed, image, **kwargs)
     torch.save(model.state_dict(), path)
     del model
     gc.collect()
