@@ -82,6 +82,9 @@ def test_stability_bounds_are_sound(size: tuple[int, int]) -> None:
         stability = stability_score(up, 0.0, 1.0)
         assert not (pruned & (stability >= thresh)).any()
     assert bool(provably_unstable(upper, lower, 0.95)[-1])  # empty: NaN score, always dropped
+    low[0, 5, 5] = float("nan")  # inside the region every size reads
+    upper, lower = stability_bounds(low, input_size, size, 1024, (1.0, -1.0))
+    assert upper[0] == float("inf") and lower[0] == 0 and not bool(provably_unstable(upper, lower, 0.5)[0])
 
 
 def test_grids_and_crop_boxes_equal_reference() -> None:

@@ -208,7 +208,8 @@ def stability_bounds(
     footprint (a small window, found by :func:`_footprint`). Windows are anchored at their
     first low-res row and column, so the number of output pixels per anchor is the product of a
     row count and a column count, and the bounds are two small bilinear forms. A margin of
-    ``1e-4 * (1 + max|logit|)`` covers float32 rounding of the interpolation.
+    ``1e-4 * (1 + max|logit|)`` covers float32 rounding of the interpolation. Masks with NaN
+    logits get the trivial bounds (inf, 0).
 
     Args:
         low_res: (N, h, w) low-res logits (256x256 for SAM).
@@ -249,6 +250,9 @@ def stability_bounds(
     above_low = (low > thresholds[1] + margin).double()
     upper = torch.einsum("nrc,r,c->n", above_high, count_y.to(x.device), count_x.to(x.device))  # (N,)
     lower = torch.einsum("nrc,r,c->n", above_low, count_y.to(x.device), count_x.to(x.device))  # (N,)
+    unknown = x.isnan().flatten(1).any(1)  # (N,) NaN logits: no bound, never pruned
+    upper = torch.where(unknown, math.inf, upper)
+    lower = torch.where(unknown, 0.0, lower)
     return upper.cpu(), lower.cpu()
 
 
