@@ -63,7 +63,7 @@ def make_checkpoint(
     Args:
         variant: ``vit_b``, ``vit_l``, ``vit_h`` or ``vit_t``.
         path: where to write the state dict.
-        seed: seed of the N(0, 0.02) perturbation.
+        seed: seed of the initial weights and of the N(0, 0.02) perturbation.
         construct_for: if given, an (H, W, 3) uint8 RGB image for which the decoder is then
             constructed to make point-local, stable masks (:func:`construct_decoder_`), so that
             segment-everything comparisons keep a meaningful number of masks.
@@ -77,7 +77,9 @@ def make_checkpoint(
         from mobile_sam import sam_model_registry as registry
     else:
         from segment_anything import sam_model_registry as registry
-    model = registry[variant]().eval()
+    with torch.random.fork_rng():  # seeded initial weights too: the same checkpoint every run
+        torch.manual_seed(seed)
+        model = registry[variant]().eval()
     _perturb_(model, seed)
     if construct_for is not None:
         construct_decoder_(model, construct_for, **construct_kwargs)
