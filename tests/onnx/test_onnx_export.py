@@ -221,14 +221,16 @@ def test_per_tensor_external_files_are_gathered_into_one(tiny256: Exported, tmp_
 
 
 def test_traceable_attention_equals_runtime_attention() -> None:
-    """The functional stand-in used while tracing computes what the eager encoder computes."""
+    """The out-of-place path taken while tracing computes what the eager encoder computes."""
     from samkit.modeling.attention import rel_pos_attention
-    from samkit.onnx.tracing import traceable_rel_pos_attention
 
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 2, 12 * 12, 8, generator=g) for _ in range(3))  # (B, nh, N, hd)
     rel_h, rel_w = torch.randn(23, 8, generator=g), torch.randn(23, 8, generator=g)
     expected = rel_pos_attention(q, k, v, rel_h, rel_w, (12, 12), query_chunk=None)
     for chunk in (None, 50, 144):
-        got = traceable_rel_pos_attention(q, k, v, rel_h, rel_w, (12, 12), query_chunk=chunk)
+        traced = torch.jit.trace(
+            lambda q, k, v, c=chunk: rel_pos_attention(q, k, v, rel_h, rel_w, (12, 12), query_chunk=c), (q, k, v)
+        )
+        got = traced(q, k, v)
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

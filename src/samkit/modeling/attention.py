@@ -168,6 +168,19 @@ def rel_pos_attention(
         return F.scaled_dot_product_attention(q, k, v, attn_mask=_bias_from_terms(rel_h, rel_w))
     b, nh, _, _ = q.shape
     h, w = hw
+    if torch.jit.is_tracing():
+        # ONNX export traces this function: the same chunks, written without in-place ops
+        # (out= buffers and slice assignment do not translate to an ONNX graph).
+        outputs = []
+        for start in range(0, n, query_chunk):
+            stop = min(start + query_chunk, n)
+            bias = rel_h[:, :, start:stop, :, None] + rel_w[:, :, start:stop, None, :]  # (B, nh, c, H, W)
+            outputs.append(
+                F.scaled_dot_product_attention(
+                    q[:, :, start:stop], k, v, attn_mask=bias.reshape(b, nh, stop - start, h * w)
+                )
+            )  # (B, nh, c, hd)
+        return torch.cat(outputs, dim=2)  # (B, nh, N, hd)
     out = torch.empty_like(q)
     # One bias buffer reused by every chunk: fresh 100+ MB allocations cost page faults each time.
     buffer = q.new_empty(b, nh, query_chunk, h, w)  # (B, nh, c, H, W)

@@ -41,7 +41,6 @@ from torch import nn
 
 from ..modeling import Sam
 from .modules import DecoderForExport, EncoderForExport, RawEncoderForExport
-from .tracing import traceable_attention
 
 __all__ = [
     "DECODER_INPUTS",
@@ -258,16 +257,15 @@ def export_encoder(
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".samkit-export-") as tmp:
         tmp_path = Path(tmp) / path.name
-        with traceable_attention():
-            _trace_to_onnx(
-                module,
-                (example,),
-                tmp_path,
-                input_names=["image"],
-                output_names=["image_embeddings"],
-                dynamic_axes=dynamic_axes,
-                opset=opset,
-            )
+        _trace_to_onnx(
+            module,
+            (example,),
+            tmp_path,
+            input_names=["image"],
+            output_names=["image_embeddings"],
+            dynamic_axes=dynamic_axes,
+            opset=opset,
+        )
         meta = _metadata(sam, "encoder", **{"samkit.encoder_input": input_kind})
         return _finalize(tmp_path, path, meta, external_data)
 
