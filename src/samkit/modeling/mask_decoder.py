@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -117,53 +119,65 @@ class MaskDecoder(nn.Module):
             [self.output_hypernetworks_mlps[i](tokens[:, 1 + i, :]) for i in token_ids], dim=1
         )  # (B, M, C/8)
 
-    def upscale_tokens(self, image_tokens: Tensor) -> Tensor:
-        """The output upscaling network, computed as two per-token matrix products.
+    def upscaling_matrices(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The two transposed convolutions of the upscaling network as per-token matrices.
 
-        Both transposed convolutions have kernel 2 and stride 2, so no output pixel mixes
-        two input pixels: each is a (C_in -> 4 * C_out) product per token. Keeping the result
-        in sub-pixel order (token, a1, b1, a2, b2) avoids the pixel shuffles and layout
-        copies of the convolution form; :meth:`masks_from_image_tokens` unshuffles once, on
-        the (much smaller) masks.
-
-        Args:
-            image_tokens: (B, N, C) image tokens from the transformer (N = h * w).
+        Both have kernel 2 and stride 2, so no output pixel mixes two input pixels: each is a
+        (C_in -> 4 * C_out) product per token, with output columns in (a, b, channel) order for
+        the sub-pixel (a, b).
 
         Returns:
-            (B, N * 16, C/8) upscaled features; row ``n*16 + a1*8 + b1*4 + a2*2 + b2`` is pixel
-            ``(4i + 2a1 + a2, 4j + 2b1 + b2)`` of token ``n = i*w + j``.
+            w1 (C, 4 * C/4), b1 (4 * C/4,), w2 (C/4, 4 * C/8), b2 (4 * C/8,).
         """
-        up1, norm, act1, up2, act2 = self.output_upscaling
-        b, n, c = image_tokens.shape
-        c4, c8 = up1.out_channels, up2.out_channels
-        w1 = up1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c4)  # (C, a1*b1*C/4)
-        x = torch.addmm(up1.bias.repeat(4), image_tokens.reshape(b * n, c), w1)  # (B*N, 4*C/4)
-        x = F.layer_norm(x.view(b * n * 4, c4), norm.normalized_shape, norm.weight, norm.bias, norm.eps)
-        x = act1(x)  # (B*N*4, C/4)
-        w2 = up2.weight.permute(0, 2, 3, 1).reshape(c4, 4 * c8)  # (C/4, a2*b2*C/8)
-        x = act2(torch.addmm(up2.bias.repeat(4), x, w2))  # (B*N*4, 4*C/8)
-        return x.view(b, n * 16, c8)  # (B, N*16, C/8)
+        up1, _, _, up2, _ = self.output_upscaling
+        c = up1.in_channels
+        w1 = up1.weight.permute(0, 2, 3, 1).reshape(c, 4 * up1.out_channels)  # (C, a1*b1*C/4)
+        w2 = up2.weight.permute(0, 2, 3, 1).reshape(up2.in_channels, 4 * up2.out_channels)  # (C/4, a2*b2*C/8)
+        return w1, up1.bias.repeat(4), w2, up2.bias.repeat(4)
 
     def masks_from_image_tokens(
-        self, image_tokens: Tensor, hyper_in: Tensor, grid: tuple[int, int], chunk: int = 2
+        self, image_tokens: Tensor, hyper_in: Tensor, grid: tuple[int, int], tile: int = 1024
     ) -> Tensor:
         """Upscale image tokens and apply the hypernetwork weights.
+
+        The upscaling network runs as two per-token matrix products (see
+        :meth:`upscaling_matrices`) on ``tile`` tokens at a time, so that its intermediates
+        stay in the CPU cache, and its features are never stored: each tile goes straight to
+        mask logits. Logits come out in sub-pixel order (token, a1, b1, a2, b2), pixel
+        ``(4i + 2a1 + a2, 4j + 2b1 + b2)`` of token ``i*w + j``, and are unshuffled once at
+        the end, on the (much smaller) masks.
 
         Args:
             image_tokens: (B, N, C) transformer image tokens, N = h * w.
             hyper_in: (B, M, C/8) from :meth:`hypernetwork_weights`.
             grid: (h, w) of the image embedding.
-            chunk: prompts upscaled at a time (bounds the (chunk, 16N, C/8) intermediate).
+            tile: tokens upscaled at a time.
 
         Returns:
             (B, M, 4h, 4w) mask logits.
         """
         h, w = grid
-        b, m = hyper_in.shape[:2]
-        parts = []
-        for start in range(0, b, chunk):
-            upscaled = self.upscale_tokens(image_tokens[start : start + chunk])  # (b', 16N, C/8)
-            parts.append(hyper_in[start : start + chunk] @ upscaled.transpose(1, 2))  # (b', M, 16N)
-        logits = parts[0] if len(parts) == 1 else torch.cat(parts)  # (B, M, 16N)
-        logits = logits.view(b, m, h, w, 2, 2, 2, 2)  # (B, M, i, j, a1, b1, a2, b2)
-        return logits.permute(0, 1, 2, 4, 6, 3, 5, 7).reshape(b, m, 4 * h, 4 * w)  # (B, M, 4h, 4w)
+        b, m, c8 = hyper_in.shape
+        n = image_tokens.shape[1]
+        _, norm, act1, _, act2 = self.output_upscaling
+        c4 = norm.normalized_shape[0]
+        w1, b1, w2, b2 = self.upscaling_matrices()
+        exact_gelu = isinstance(act1, nn.GELU) and act1.approximate == "none" and isinstance(act2, nn.GELU)
+        logits = hyper_in.new_empty((b, m, 16 * n))  # (B, M, 16N) in sub-pixel order
+        for i in range(b):
+            for s in range(0, n, tile):
+                e = min(s + tile, n)
+                x = torch.addmm(b1, image_tokens[i, s:e], w1).view(4 * (e - s), c4)  # (4t, C/4)
+                x = F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+                x = torch.ops.aten.gelu_(x) if exact_gelu else act1(x)
+                x = torch.addmm(b2, x, w2)  # (4t, 4*C/8)
+                x = torch.ops.aten.gelu_(x) if exact_gelu else act2(x)
+                torch.mm(hyper_in[i], x.view(16 * (e - s), c8).t(), out=logits[i, :, 16 * s : 16 * e])  # (M, 16t)
+        return logits[:, :, _unshuffle_index(h, w, logits.device)].view(b, m, 4 * h, 4 * w)  # (B, M, 4h, 4w)
+
+
+@functools.lru_cache(maxsize=8)
+def _unshuffle_index(h: int, w: int, device: torch.device) -> Tensor:
+    """Gather index from sub-pixel order (i, j, a1, b1, a2, b2) to raster order of the 4h x 4w mask."""
+    order = torch.arange(16 * h * w, device=device).view(h, w, 2, 2, 2, 2)  # (i, j, a1, b1, a2, b2)
+    return order.permute(0, 2, 4, 1, 3, 5).reshape(-1)  # (i, a1, a2, j, b1, b2)

@@ -137,6 +137,115 @@ class DecoderAttention(nn.Module):
         return torch.baddbmm(self.out_proj.bias.expand(b, 1, c), probs.transpose(1, 2), mixed)  # (B, N, C)
 
 
+    # Cached-image paths (see ImageSideCache): the image side's fixed parts arrive projected
+    # and split by head, as (nh, hd, N) keys/queries and (nh, N, hd) values.
+
+    def tokens_to_cached_image(self, tokens: Tensor, image_k: Tensor, image_v: Tensor) -> Tensor:
+        """Tokens attend to an image side whose projections are cached.
+
+        Args:
+            tokens: (B, T, C) queries (before ``q_proj``).
+            image_k: (nh, hd, N) projected keys.
+            image_v: (nh, N, hd) projected values.
+
+        Returns:
+            (B, T, C), equal to ``forward`` on the unprojected image side.
+        """
+        b, t, _ = tokens.shape
+        nh = self.num_heads
+        hd = self.internal_dim // nh
+        q = tokens_by_head(self.q_proj(tokens) * hd**-0.5, nh)  # (nh, B*T, hd)
+        probs = torch.bmm(q, image_k).softmax(dim=-1)  # (nh, B*T, N)
+        out = torch.bmm(probs, image_v)  # (nh, B*T, hd)
+        return self.out_proj(out.transpose(0, 1).reshape(b, t, self.internal_dim))  # (B, T, C)
+
+    def tokens_to_image_pe(self, tokens: Tensor, image: Tensor, pe_k: Tensor) -> Tensor:
+        """Tokens attend to image tokens plus a positional encoding whose key projection is cached.
+
+        The keys are ``image + pe`` and the values ``image``; ``image`` is never projected
+        (the folded low-rank form of :meth:`tokens_to_image`) and ``image + pe`` is never formed.
+
+        Args:
+            tokens: (B, T, C) queries (before ``q_proj``).
+            image: (B or 1, N, C) image tokens.
+            pe_k: (nh, hd, N) ``k_proj`` of the positional encoding, without bias.
+
+        Returns:
+            (B, T, C), equal to ``forward(tokens, image + pe, image)``.
+        """
+        b, t, c = tokens.shape
+        nh = self.num_heads
+        hd = self.internal_dim // nh
+        n = pe_k.shape[-1]
+        q = self.q_proj(tokens) * hd**-0.5  # (B, T, D)
+        scores = _per_head_scores(q, pe_k)  # (B, nh*T, N)
+        folded = torch.einsum("bthd,hdc->bhtc", q.view(b, t, nh, hd), self.k_proj.weight.view(nh, hd, c))
+        _add_matmul_transposed_(scores, folded.reshape(b, nh * t, c), image)  # (B, nh*T, N)
+        probs = scores.softmax(dim=-1)
+        if image.shape[0] == 1:
+            mixed = (probs.view(b * nh * t, n) @ image[0]).view(b, nh, t, c)  # (B, nh, T, C)
+        else:
+            mixed = torch.bmm(probs, image).view(b, nh, t, c)  # (B, nh, T, C)
+        w_v = self.v_proj.weight.view(nh, hd, c)  # (nh, hd, C)
+        out = torch.einsum("bhtc,hdc->bthd", mixed, w_v).reshape(b, t, nh * hd) + self.v_proj.bias  # (B, T, D)
+        return self.out_proj(out)
+
+    def image_to_tokens_residual(
+        self, image: Tensor, tokens_k: Tensor, tokens_v: Tensor, image_q: Tensor, *, projected: bool
+    ) -> Tensor:
+        """Image tokens attend to prompt tokens; returns ``image + attention`` in one product.
+
+        Args:
+            image: (B or 1, N, C) image tokens: the residual, and the queries' image part.
+            tokens_k: (B, T, C) keys (before ``k_proj``).
+            tokens_v: (B, T, C) values (before ``v_proj``).
+            image_q: (nh, hd, N) cached query projection: of the whole query side (``image +
+                pe``, with bias) when ``projected``, else of the positional encoding alone
+                (without bias), the image part then entering through folded products.
+
+        Returns:
+            (B, N, C), equal to ``image + forward(image + pe, tokens_k, tokens_v)``.
+        """
+        b, t, c = tokens_k.shape
+        nh = self.num_heads
+        hd = self.internal_dim // nh
+        n = image_q.shape[-1]
+        k = self.k_proj(tokens_k) * hd**-0.5  # (B, T, D)
+        scores = _per_head_scores(k, image_q)  # (B, nh*T, N)
+        if not projected:
+            kh = k.view(b, t, nh, hd)
+            folded = torch.einsum("bthd,hdc->bhtc", kh, self.q_proj.weight.view(nh, hd, c)).reshape(b, nh * t, c)
+            offset = torch.einsum("bthd,hd->bht", kh, self.q_proj.bias.view(nh, hd)).reshape(b, nh * t, 1)
+            _add_matmul_transposed_(scores.add_(offset), folded, image)  # (B, nh*T, N)
+        # Softmax over the T tokens of each head, along a strided axis of long contiguous rows.
+        probs = scores.view(b, nh, t, n).softmax(dim=2).view(b, nh * t, n)  # (B, nh*T, N)
+        v = self.v_proj(tokens_v).view(b, t, nh, hd)  # (B, T, nh, hd)
+        w_o = self.out_proj.weight.view(c, nh, hd)  # (C, nh, hd)
+        mixed = torch.einsum("bthd,chd->bhtc", v, w_o).reshape(b, nh * t, c)  # (B, nh*T, C)
+        # Each head's probabilities sum to 1 over its T tokens, so out_proj's bias, spread as
+        # bias / nh over every mixed row, comes out exactly once per image token.
+        mixed = mixed + self.out_proj.bias / nh
+        return torch.baddbmm(image, probs.transpose(1, 2), mixed)  # (B, N, C)
+
+
+def _per_head_scores(x: Tensor, side: Tensor) -> Tensor:
+    """Token projections x (B, T, D) against a cached per-head side (nh, hd, N) -> (B, nh*T, N)."""
+    b, t, _ = x.shape
+    nh, _, n = side.shape
+    scores = torch.bmm(tokens_by_head(x, nh), side)  # (nh, B*T, N)
+    return scores.view(nh, b, t, n).transpose(0, 1).reshape(b, nh * t, n)  # (B, nh*T, N)
+
+
+def _add_matmul_transposed_(out: Tensor, a: Tensor, x: Tensor) -> Tensor:
+    """out (B, R, N) += a (B, R, C) times x^T for x (B or 1, N, C), in place."""
+    b, r, n = out.shape
+    if x.shape[0] == 1:
+        out.view(b * r, n).addmm_(a.reshape(b * r, -1), x[0].transpose(0, 1))  # (B*R, N)
+    else:
+        out.baddbmm_(a, x.transpose(1, 2))  # (B, R, N)
+    return out
+
+
 def _matmul_transposed(a: Tensor, x: Tensor) -> Tensor:
     """a (B, R, C) times x^T for x (B or 1, N, C) -> (B, R, N).
 
@@ -147,23 +256,51 @@ def _matmul_transposed(a: Tensor, x: Tensor) -> Tensor:
     return a @ x.transpose(1, 2)  # (B, R, N)
 
 
+def heads_transposed(x: Tensor, num_heads: int) -> Tensor:
+    """(1, N, D) projection -> (nh, hd, N), contiguous: the right operand of per-head score products."""
+    _, n, d = x.shape
+    return x[0].view(n, num_heads, d // num_heads).permute(1, 2, 0).contiguous()  # (nh, hd, N)
+
+
+def heads_first(x: Tensor, num_heads: int) -> Tensor:
+    """(1, N, D) projection -> (nh, N, hd), contiguous: per-head values."""
+    _, n, d = x.shape
+    return x[0].view(n, num_heads, d // num_heads).transpose(0, 1).contiguous()  # (nh, N, hd)
+
+
+def tokens_by_head(x: Tensor, num_heads: int) -> Tensor:
+    """(B, T, D) token projection -> (nh, B*T, hd) for per-head products against an image side."""
+    b, t, d = x.shape
+    return x.view(b * t, num_heads, d // num_heads).transpose(0, 1)  # (nh, B*T, hd)
+
+
 @dataclass
 class ImageSideCache:
-    """Prompt-independent projections of the first two-way layer for one image.
+    """Prompt-independent decoder work for one image (prompts without a mask input).
+
+    The first layer's image side is fully projected; for the later attentions only the
+    positional-encoding part of the image side is fixed, so its projection is cached and the
+    prompt-dependent image tokens enter through the folded low-rank products.
 
     Attributes:
         keys: (1, N, C) flattened image embedding plus the no-mask dense embedding.
         key_pe: (1, N, C) flattened dense positional encoding.
-        t2i_k: (1, N, D) token->image key projection of ``keys + key_pe``.
-        t2i_v: (1, N, D) token->image value projection of ``keys``.
-        i2t_q: (1, N, D) image->token query projection of ``keys + key_pe``.
+        first_t2i_k: (nh, hd, N) first token->image key projection of ``keys + key_pe``.
+        first_t2i_v: (nh, N, hd) first token->image value projection of ``keys``.
+        first_i2t_q: (nh, hd, N) first image->token query projection of ``keys + key_pe``.
+        pe_t2i_k: per later layer, then the final attention: (nh, hd, N) key projection
+            (without bias) of the positional encoding.
+        pe_i2t_q: per later layer: (nh, hd, N) image->token query projection (without bias)
+            of the positional encoding.
     """
 
     keys: Tensor
     key_pe: Tensor
-    t2i_k: Tensor
-    t2i_v: Tensor
-    i2t_q: Tensor
+    first_t2i_k: Tensor
+    first_t2i_v: Tensor
+    first_i2t_q: Tensor
+    pe_t2i_k: list[Tensor]
+    pe_i2t_q: list[Tensor]
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -188,20 +325,7 @@ class TwoWayAttentionBlock(nn.Module):
         self.cross_attn_image_to_token = DecoderAttention(embedding_dim, num_heads, attention_downsample_rate)
         self.skip_first_layer_pe = skip_first_layer_pe
 
-    def image_side(self, keys: Tensor, key_pe: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Projections that depend only on the image: (t2i_k, t2i_v, i2t_q), each (B, N, D)."""
-        keys_pe = keys + key_pe
-        t2i = self.cross_attn_token_to_image
-        return t2i.k_proj(keys_pe), t2i.v_proj(keys), self.cross_attn_image_to_token.q_proj(keys_pe)
-
-    def forward(
-        self,
-        queries: Tensor,
-        keys: Tensor,
-        query_pe: Tensor,
-        key_pe: Tensor,
-        image_side: tuple[Tensor, Tensor, Tensor] | None = None,
-    ) -> tuple[Tensor, Tensor]:
+    def forward(self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor) -> tuple[Tensor, Tensor]:
         """One two-way layer.
 
         Args:
@@ -209,42 +333,71 @@ class TwoWayAttentionBlock(nn.Module):
             keys: (B or 1, N, C) image tokens.
             query_pe: (B, T, C) token positional encoding (the original prompt tokens).
             key_pe: (1, N, C) image positional encoding.
-            image_side: precomputed :meth:`image_side` projections for ``keys``.
 
         Returns:
             updated queries (B, T, C) and keys (B, N, C).
         """
-        if self.skip_first_layer_pe:
-            queries = self.self_attn(queries, queries, queries)
-        else:
-            q = queries + query_pe
-            queries = queries + self.self_attn(q, q, queries)
-        queries = self.norm1(queries)
+        return self.cross_attention(self.token_self_attention(queries, query_pe), keys, query_pe, key_pe)
 
+    def cross_attention(self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`forward` after the token self-attention (same arguments and results)."""
         t2i = self.cross_attn_token_to_image
         i2t = self.cross_attn_image_to_token
         low_rank = t2i.low_rank_pays(queries.shape[1])
-        keys_pe = keys + key_pe if image_side is None else None
+        keys_pe = keys + key_pe
         q = queries + query_pe
-        if image_side is not None:
-            attn = t2i.attend(t2i.q_proj(q), image_side[0], image_side[1])
-        elif low_rank:
-            attn = t2i.tokens_to_image(q, keys_pe, keys)
-        else:
-            attn = t2i(q, keys_pe, keys)
-        queries = self.norm2(queries + attn)
-
-        queries = self.norm3(queries + self.mlp(queries))
+        attn = t2i.tokens_to_image(q, keys_pe, keys) if low_rank else t2i(q, keys_pe, keys)
+        queries = self.token_mlp(self.norm2(queries + attn))
 
         q = queries + query_pe
-        if image_side is not None:
-            attn = i2t.image_to_tokens(image_side[2], q, queries, projected=True)
-        elif low_rank:
-            attn = i2t.image_to_tokens(keys_pe, q, queries)
-        else:
-            attn = i2t(keys_pe, q, queries)
+        attn = i2t.image_to_tokens(keys_pe, q, queries) if low_rank else i2t(keys_pe, q, queries)
         keys = self.norm4(keys + attn)
         return queries, keys
+
+    def forward_cached(
+        self, queries: Tensor, keys: Tensor, query_pe: Tensor, cache: ImageSideCache, index: int
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`forward` with the image side's fixed parts taken from ``cache``.
+
+        Args:
+            queries: (B, T, C) tokens.
+            keys: (1, N, C) ``cache.keys`` for the first layer, else (B, N, C) image tokens.
+            query_pe: (B, T, C) the original prompt tokens.
+            cache: :meth:`TwoWayTransformer.prepare_image` of the image.
+            index: this layer's position in the stack.
+
+        Returns:
+            updated queries (B, T, C) and keys (B, N, C).
+        """
+        queries = self.token_self_attention(queries, query_pe)
+        t2i = self.cross_attn_token_to_image
+        i2t = self.cross_attn_image_to_token
+        q = queries + query_pe
+        if index == 0:
+            attn = t2i.tokens_to_cached_image(q, cache.first_t2i_k, cache.first_t2i_v)
+        elif t2i.low_rank_pays(queries.shape[1]):
+            attn = t2i.tokens_to_image_pe(q, keys, cache.pe_t2i_k[index - 1])
+        else:  # many prompt tokens: projecting the image side is cheaper than folding
+            return self.cross_attention(queries, keys, query_pe, cache.key_pe)
+        queries = self.token_mlp(self.norm2(queries + attn))
+
+        q = queries + query_pe
+        if index == 0:
+            keys = i2t.image_to_tokens_residual(keys, q, queries, cache.first_i2t_q, projected=True)
+        else:
+            keys = i2t.image_to_tokens_residual(keys, q, queries, cache.pe_i2t_q[index - 1], projected=False)
+        return queries, self.norm4(keys)
+
+    def token_self_attention(self, queries: Tensor, query_pe: Tensor) -> Tensor:
+        """Self-attention of the (B, T, C) tokens with residual and norm1."""
+        if self.skip_first_layer_pe:
+            return self.norm1(self.self_attn(queries, queries, queries))
+        q = queries + query_pe
+        return self.norm1(queries + self.self_attn(q, q, queries))
+
+    def token_mlp(self, queries: Tensor) -> Tensor:
+        """MLP on the (B, T, C) tokens with residual and norm3."""
+        return self.norm3(queries + self.mlp(queries))
 
 
 class TwoWayTransformer(nn.Module):
@@ -273,16 +426,40 @@ class TwoWayTransformer(nn.Module):
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
     def prepare_image(self, image_embedding: Tensor, image_pe: Tensor) -> ImageSideCache:
-        """Precompute the first layer's image-side projections.
+        """Precompute the prompt-independent image-side projections (see :class:`ImageSideCache`).
 
         Args:
             image_embedding: (1, C, h, w) image embedding with the dense prompt embedding added.
             image_pe: (1, C, h, w) positional encoding.
         """
-        keys = image_embedding.flatten(2).transpose(1, 2)  # (1, N, C)
-        key_pe = image_pe.flatten(2).transpose(1, 2)  # (1, N, C)
-        t2i_k, t2i_v, i2t_q = self.layers[0].image_side(keys, key_pe)
-        return ImageSideCache(keys=keys, key_pe=key_pe, t2i_k=t2i_k, t2i_v=t2i_v, i2t_q=i2t_q)
+        keys = image_embedding.flatten(2).transpose(1, 2).contiguous()  # (1, N, C)
+        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()  # (1, N, C)
+        pe_t2i_k: list[Tensor] = []
+        pe_i2t_q: list[Tensor] = []
+        if self.layers:
+            first = self.layers[0]
+            t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
+            keys_pe = keys + key_pe
+            first_t2i_k = heads_transposed(t2i.k_proj(keys_pe), t2i.num_heads)  # (nh, hd, N)
+            first_t2i_v = heads_first(t2i.v_proj(keys), t2i.num_heads)  # (nh, N, hd)
+            first_i2t_q = heads_transposed(i2t.q_proj(keys_pe), i2t.num_heads)  # (nh, hd, N)
+        else:
+            first_t2i_k = first_t2i_v = first_i2t_q = keys.new_zeros(0)
+        for layer in self.layers[1:]:
+            t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+            pe_t2i_k.append(heads_transposed(F.linear(key_pe, t2i.k_proj.weight), t2i.num_heads))
+            pe_i2t_q.append(heads_transposed(F.linear(key_pe, i2t.q_proj.weight), i2t.num_heads))
+        final = self.final_attn_token_to_image
+        pe_t2i_k.append(heads_transposed(F.linear(key_pe, final.k_proj.weight), final.num_heads))
+        return ImageSideCache(
+            keys=keys,
+            key_pe=key_pe,
+            first_t2i_k=first_t2i_k,
+            first_t2i_v=first_t2i_v,
+            first_i2t_q=first_i2t_q,
+            pe_t2i_k=pe_t2i_k,
+            pe_i2t_q=pe_i2t_q,
+        )
 
     def forward(
         self,
@@ -333,25 +510,28 @@ class TwoWayTransformer(nn.Module):
         keep_tokens: int | None,
     ) -> tuple[Tensor, Tensor]:
         """:meth:`forward` for one chunk of prompts."""
+        queries = point_embedding
+        final = self.final_attn_token_to_image
         if cache is not None:
-            keys, key_pe = cache.keys, cache.key_pe
-            first_side: tuple[Tensor, Tensor, Tensor] | None = (cache.t2i_k, cache.t2i_v, cache.i2t_q)
+            keys = cache.keys  # (1, N, C)
+            for i, layer in enumerate(self.layers):
+                queries, keys = layer.forward_cached(queries, keys, point_embedding, cache, i)
         else:
             assert image_embedding is not None and image_pe is not None
             keys = image_embedding.flatten(2).transpose(1, 2)  # (B, N, C)
             key_pe = image_pe.flatten(2).transpose(1, 2)  # (1, N, C)
-            first_side = None
-        queries = point_embedding
-        for i, layer in enumerate(self.layers):
-            queries, keys = layer(queries, keys, point_embedding, key_pe, first_side if i == 0 else None)
-        final = self.final_attn_token_to_image
+            for layer in self.layers:
+                queries, keys = layer(queries, keys, point_embedding, key_pe)
         if keep_tokens is not None:
             queries, point_embedding = queries[:, :keep_tokens], point_embedding[:, :keep_tokens]  # (B, K, C)
         q = queries + point_embedding
-        if final.low_rank_pays(q.shape[1]):
-            attn = final.tokens_to_image(q, keys + key_pe, keys)
+        if not final.low_rank_pays(q.shape[1]):
+            pe = cache.key_pe if cache is not None else key_pe
+            attn = final(q, keys + pe, keys)
+        elif cache is not None:
+            attn = final.tokens_to_image_pe(q, keys, cache.pe_t2i_k[-1])
         else:
-            attn = final(q, keys + key_pe, keys)
+            attn = final.tokens_to_image(q, keys + key_pe, keys)
         queries = self.norm_final_attn(queries + attn)
         if keys.shape[0] != queries.shape[0]:  # depth 0 with a shared image: give every prompt its copy
             keys = keys.expand(queries.shape[0], -1, -1)
