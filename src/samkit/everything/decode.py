@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..modeling import ImageSideCache, Sam
+from ..modeling.transformer import PROMPT_CHUNK
 
 __all__ = ["PointBatch", "PointDecoder"]
 
@@ -79,6 +80,40 @@ class PointDecoder:
         )  # (B, 5, C), (B, h*w, C)
         iou = decoder.iou_prediction_head(hs[:, 0, :])[:, self._first_mask :]  # (B, 3)
         return PointBatch(tokens=hs, image_tokens=image_tokens, iou=iou.float())
+
+    @torch.inference_mode()
+    def decode(self, coords: Tensor, iou_threshold: float | None, chunk: int = PROMPT_CHUNK) -> tuple[Tensor, Tensor, Tensor]:
+        """Predicted IoUs of every output, and low-res logits of those above ``iou_threshold``.
+
+        :meth:`run` then :meth:`masks`, ``chunk`` prompts at a time: each chunk's image tokens
+        are upscaled while they are fresh, and the (B, h*w, C) image tokens of the whole batch
+        are never stored.
+
+        Args:
+            coords: (B, 2) points, as for :meth:`run`.
+            iou_threshold: keep outputs whose predicted IoU is above it; None keeps all.
+            chunk: prompts per step.
+
+        Returns:
+            iou (3B,) float32 on the CPU, prompt-major; index (N,) int64 of the kept outputs
+            into it; low-res logits (N, 4h, 4w) float32 of those outputs.
+        """
+        h, w = self.embedding_size
+        ious, indices, logits = [], [], []
+        for start in range(0, coords.shape[0], chunk):
+            batch = self.run(coords[start : start + chunk])
+            n_out = batch.iou.shape[1]
+            iou = batch.iou.flatten().cpu()  # (3b,)
+            keep = iou > iou_threshold if iou_threshold is not None else torch.ones_like(iou, dtype=torch.bool)
+            index = keep.nonzero().flatten()  # (n,)
+            if len(index):
+                device = batch.iou.device
+                logits.append(self.masks(batch, (index // n_out).to(device), (index % n_out).to(device)))
+            ious.append(iou)
+            indices.append(index + start * n_out)
+        if not logits:
+            logits.append(torch.zeros((0, 4 * h, 4 * w), dtype=torch.float32, device=self.model.device))
+        return torch.cat(ious), torch.cat(indices), torch.cat(logits)
 
     @torch.inference_mode()
     def masks(self, batch: PointBatch, prompt: Tensor, output: Tensor) -> Tensor:

@@ -295,19 +295,15 @@ class SamAutomaticMaskGenerator:
         crop_box: list[int],
         orig_size: tuple[int, int],
     ) -> MaskSet:
-        batch = decoder.run(torch.from_numpy(model_points))  # iou (B, 3)
-        n_out = batch.iou.shape[1]
-        iou = batch.iou.flatten().cpu()  # (3B,) prompt-major, like the reference
-        keep = iou > self.pred_iou_thresh if self.pred_iou_thresh > 0.0 else torch.ones_like(iou, dtype=torch.bool)
-        index = keep.nonzero().flatten()  # (N,)
+        threshold = self.pred_iou_thresh if self.pred_iou_thresh > 0.0 else None
+        iou, index, low_res = decoder.decode(torch.from_numpy(model_points), threshold)  # (3B,), (N,), (N, h, w)
+        n_out = len(iou) // len(points)
         stats = self.last_stats
         stats["prompts"] = stats.get("prompts", 0) + len(points)
         stats["masks"] = stats.get("masks", 0) + len(iou)
         stats["iou_passed"] = stats.get("iou_passed", 0) + len(index)
         if len(index) == 0:
             return MaskSet()
-        low_res = decoder.masks(batch, (index // n_out).to(batch.iou.device), (index % n_out).to(batch.iou.device))
-        del batch
         mask_threshold = self.model.mask_threshold
         offset = self.stability_score_offset
         if self.stability_score_thresh > 0.0:
