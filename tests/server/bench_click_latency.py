@@ -172,7 +172,10 @@ def main() -> int:
                     )
                     page.wait_for_function(f"window.samkit.predictsDrawn > {drawn}")
                 times = page.evaluate("window.samkit.roundTrips")[3:]
+                phases = page.evaluate("window.samkit.phases")[3:]
                 print(f"browser click -> mask drawn:            {_percentiles(times)}")
+                for i, name in enumerate(("request + JSON parse", "mask PNG decode", "draw")):
+                    print(f"  {name + ':':36s} {_percentiles([p[i] for p in phases])}")
                 page.screenshot(path="/tmp/samkit_bench_page.png")
                 browser.close()
     finally:

@@ -31,7 +31,8 @@
     seq: 0, busy: false,
   };
   // Figures the browser tests read.
-  const debug = { state, predictsDrawn: 0, lastRoundTripMs: null, roundTrips: [], shownIndex: -1 };
+  // Read by the tests and the click-latency benchmark; phases: [request+JSON, PNG decode, draw] ms per click.
+  const debug = { state, predictsDrawn: 0, lastRoundTripMs: null, roundTrips: [], phases: [], shownIndex: -1 };
   window.samkit = debug;
 
   // ------------------------------------------------------------------ status and progress
@@ -269,19 +270,23 @@
         data = await apiJson("POST", `/api/images/${state.imageId}/predict`, body);
       }
       if (seq !== state.seq) return; // a newer click superseded this one
+      const answered = performance.now();
       const candidates = data.masks.map((b64, i) => ({
         b64, bitmap: null, pending: null, mask: null, score: data.scores[i], area: data.areas[i], logitsId: data.logits_ids[i],
       }));
       const best = argmax(data.scores);
       await candidateBitmap(candidates[best]); // only the mask shown is on the critical path
       if (seq !== state.seq) return;
+      const decoded = performance.now();
       state.candidates = candidates;
       state.selected = best;
       renderCurrent();
+      const drawnAt = performance.now();
       candidates.forEach((c) => candidateBitmap(c)); // the others decode in the background
-      const ms = performance.now() - started;
+      const ms = drawnAt - started;
       debug.lastRoundTripMs = ms;
       debug.roundTrips.push(ms);
+      debug.phases.push([answered - started, decoded - answered, drawnAt - decoded]);
       debug.predictsDrawn++;
       document.body.dataset.predictsDrawn = String(debug.predictsDrawn);
       setStatus(`mask in ${ms.toFixed(0)} ms · ${state.points.length} point(s)${state.box ? " + box" : ""}`);
