@@ -3,9 +3,10 @@
 Prompt tokens attend to the image embedding and the image embedding attends back
 to the tokens, ``depth`` times, then a final token-to-image attention.
 
-The image side of the first layer does not depend on the prompts when there is no
-mask prompt: :class:`ImageSideCache` holds those projections so they are computed
-once per image instead of once per prompt.
+Without a mask prompt, the image side of the first layer does not depend on the prompts,
+and in every later attention the positional-encoding part of the image side does not
+either: :class:`ImageSideCache` holds those projections, split by head, so they are
+computed once per image instead of once per prompt.
 """
 
 from __future__ import annotations
@@ -101,12 +102,11 @@ class DecoderAttention(nn.Module):
         out = torch.einsum("bhtc,hdc->bthd", mixed, w_v).reshape(b, t, nh * hd) + self.v_proj.bias  # (B, T, D)
         return self.out_proj(out)
 
-    def image_to_tokens(self, image_q: Tensor, tokens_k: Tensor, tokens_v: Tensor, *, projected: bool = False) -> Tensor:
+    def image_to_tokens(self, image_q: Tensor, tokens_k: Tensor, tokens_v: Tensor) -> Tensor:
         """Image tokens attend to prompt tokens without ``q_proj``/``out_proj`` on the image side.
 
         Args:
-            image_q: (B or 1, N, C) queries before ``q_proj``, or (B or 1, N, D) after it when
-                ``projected`` (a cached projection; then the scores are cheap either way).
+            image_q: (B or 1, N, C) queries before ``q_proj``.
             tokens_k: (B, T, C) keys (before ``k_proj``).
             tokens_v: (B, T, C) values (before ``v_proj``).
 
@@ -119,23 +119,16 @@ class DecoderAttention(nn.Module):
         k = self.k_proj(tokens_k).view(b, t, nh, hd) * hd**-0.5  # (B, T, nh, hd)
         # Scores are laid out (B, nh*T, N): the softmax over the T tokens then runs along a
         # strided axis of long contiguous rows instead of N tiny rows of length T.
-        if projected:
-            # Block-diagonal keys: row h*T + t holds k[t, h] in head h's slice of D.
-            eye = torch.eye(nh, dtype=k.dtype, device=k.device)
-            queries = torch.einsum("bthd,hg->bhtgd", k, eye).reshape(b, nh * t, nh * hd)  # (B, nh*T, D)
-            scores = _matmul_transposed(queries, image_q)  # (B, nh*T, N)
-        else:
-            w_q = self.q_proj.weight.view(nh, hd, c)  # (nh, hd, C)
-            folded = torch.einsum("bthd,hdc->bhtc", k, w_q).reshape(b, nh * t, c)  # (B, nh*T, C)
-            offset = torch.einsum("bthd,hd->bht", k, self.q_proj.bias.view(nh, hd)).reshape(b, nh * t, 1)
-            scores = _matmul_transposed(folded, image_q).add_(offset)  # (B, nh*T, N)
+        w_q = self.q_proj.weight.view(nh, hd, c)  # (nh, hd, C)
+        folded = torch.einsum("bthd,hdc->bhtc", k, w_q).reshape(b, nh * t, c)  # (B, nh*T, C)
+        offset = torch.einsum("bthd,hd->bht", k, self.q_proj.bias.view(nh, hd)).reshape(b, nh * t, 1)
+        scores = _matmul_transposed(folded, image_q).add_(offset)  # (B, nh*T, N)
         n = scores.shape[-1]
         probs = scores.view(b, nh, t, n).softmax(dim=2).view(b, nh * t, n)  # (B, nh*T, N)
         v = self.v_proj(tokens_v).view(b, t, nh, hd)  # (B, T, nh, hd)
         w_o = self.out_proj.weight.view(c, nh, hd)  # (C, nh, hd)
         mixed = torch.einsum("bthd,chd->bhtc", v, w_o).reshape(b, nh * t, c)  # (B, nh*T, C)
         return torch.baddbmm(self.out_proj.bias.expand(b, 1, c), probs.transpose(1, 2), mixed)  # (B, N, C)
-
 
     # Cached-image paths (see ImageSideCache): the image side's fixed parts arrive projected
     # and split by head, as (nh, hd, N) keys/queries and (nh, N, hd) values.
