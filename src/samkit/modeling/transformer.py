@@ -230,12 +230,17 @@ def _per_head_scores(x: Tensor, side: Tensor) -> Tensor:
 
 
 def _add_matmul_transposed_(out: Tensor, a: Tensor, x: Tensor) -> Tensor:
-    """out (B, R, N) += a (B, R, C) times x^T for x (B or 1, N, C), in place."""
+    """out (B, R, N) += a (B, R, C) times x^T for x (B or 1, N, C), in place.
+
+    The product is computed as x a^T, (N, R) with the long N side as the GEMM's rows (~30%
+    faster here than (R, N) with a transposed x), and added through a transposed view.
+    """
     b, r, n = out.shape
     if x.shape[0] == 1:
-        out.view(b * r, n).addmm_(a.reshape(b * r, -1), x[0].transpose(0, 1))  # (B*R, N)
+        prod = x[0] @ a.reshape(b * r, -1).transpose(0, 1)  # (N, B*R)
+        out.view(b * r, n).add_(prod.transpose(0, 1))
     else:
-        out.baddbmm_(a, x.transpose(1, 2))  # (B, R, N)
+        out.add_(torch.bmm(x, a.transpose(1, 2)).transpose(1, 2))  # (B, N, R) -> (B, R, N)
     return out
 
 
