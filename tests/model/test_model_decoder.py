@@ -142,3 +142,22 @@ def test_low_rank_attention_equals_full_projection(
     for (full_low, full_iou), (folded_low, folded_iou) in zip(outputs[False], outputs[True], strict=True):
         _assert_close(folded_low, full_low)
         _assert_close(folded_iou, full_iou)
+
+
+@pytest.mark.parametrize("kind", ["points", "boxes"])
+def test_factored_second_layer_equals_materialized(tiny_sam: Sam, embedding: torch.Tensor, kind: str) -> None:
+    """The second layer reads the first layer's image tokens in factored form (NormedImage)
+    when the cache has its projections; without them it reads the materialized tokens. Both
+    must give the same masks, and the factored projections must exist for a depth >= 2 model."""
+    import dataclasses
+
+    cache = tiny_sam.decoder_cache(embedding)
+    assert len(tiny_sam.mask_decoder.transformer.layers) >= 2
+    assert cache.second_t2i_k is not None and cache.second_t2i_v is not None and cache.second_i2t_q is not None
+    plain = dataclasses.replace(cache, second_t2i_k=None, second_t2i_v=None, second_i2t_q=None)
+    prompts = _prompts(kind, 3, 320, seed=5)
+    with torch.inference_mode():
+        factored = tiny_sam.decode(embedding, **prompts, cache=cache)
+        materialized = tiny_sam.decode(embedding, **prompts, cache=plain)
+    _assert_close(factored[0], materialized[0])
+    _assert_close(factored[1], materialized[1])

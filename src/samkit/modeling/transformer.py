@@ -184,8 +184,15 @@ class DecoderAttention(nn.Module):
         return self.out_proj(out)
 
     def image_to_tokens_residual(
-        self, image: Tensor, tokens_k: Tensor, tokens_v: Tensor, image_q: Tensor, *, projected: bool
-    ) -> Tensor:
+        self,
+        image: Tensor,
+        tokens_k: Tensor,
+        tokens_v: Tensor,
+        image_q: Tensor,
+        *,
+        projected: bool,
+        offset: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Image tokens attend to prompt tokens; returns ``image + attention`` in one product.
 
         Args:
@@ -196,8 +203,13 @@ class DecoderAttention(nn.Module):
                 pe``, with bias) when ``projected``, else of the positional encoding alone
                 (without bias), the image part then entering through folded products.
 
+            offset: (B, nh*T, N) scores to add (the image part of the queries in another form);
+                then the image part is not folded in here.
+
         Returns:
-            (B, N, C), equal to ``image + forward(image + pe, tokens_k, tokens_v)``.
+            (B, N, C), equal to ``image + forward(image + pe, tokens_k, tokens_v)``; the (B, nh*T, N)
+            attention probabilities and the (B, nh*T, C) mixed values (out_proj bias included)
+            whose product is the attention.
         """
         b, t, c = tokens_k.shape
         nh = self.num_heads
@@ -205,7 +217,9 @@ class DecoderAttention(nn.Module):
         n = image_q.shape[-1]
         k = self.k_proj(tokens_k) * hd**-0.5  # (B, T, D)
         scores = _per_head_scores(k, image_q)  # (B, nh*T, N)
-        if not projected:
+        if offset is not None:
+            scores.add_(offset)
+        elif not projected:
             kh = k.view(b, t, nh, hd)
             folded = torch.einsum("bthd,hdc->bhtc", kh, self.q_proj.weight.view(nh, hd, c)).reshape(b, nh * t, c)
             offset = torch.einsum("bthd,hd->bht", kh, self.q_proj.bias.view(nh, hd)).reshape(b, nh * t, 1)
@@ -218,8 +232,120 @@ class DecoderAttention(nn.Module):
         # Each head's probabilities sum to 1 over its T tokens, so out_proj's bias, spread as
         # bias / nh over every mixed row, comes out exactly once per image token.
         mixed = mixed + self.out_proj.bias / nh
-        return torch.baddbmm(image, probs.transpose(1, 2), mixed)  # (B, N, C)
+        return torch.baddbmm(image, probs.transpose(1, 2), mixed), probs, mixed  # (B, N, C), ...
 
+
+    # Factored paths for the layer after a cached first layer, whose image tokens are
+    # LN(K + P^T M): K the fixed (N, C) image side, P (R, N) and M (R, C) the first layer's
+    # image->token probabilities and mixed values, LN a row normalization (mean mu, inverse std
+    # s per token) with gain g and bias beta. A product with a folded query f then splits into
+    # s * (f_g K^T + (f_g M^T) P - sum(f_g) mu) + f.beta with f_g = f * g: the first term is a
+    # per-head product with the cached projection of K * g, the second is of rank R, and no
+    # product reads the (N, C) image tokens.
+
+    def _folded_normed_scores(self, x: Tensor, weight: Tensor, normed: NormedImage, kg: Tensor) -> tuple[Tensor, Tensor]:
+        """Scores of projected tokens x (B, T, D) against ``weight``-projected normed image tokens.
+
+        Returns:
+            (B, nh*T, N) scores without the per-row constant, and that (B, nh*T, 1) constant.
+        """
+        b, t, _ = x.shape
+        nh = self.num_heads
+        hd = self.internal_dim // nh
+        c = weight.shape[1]
+        folded = torch.einsum("bthd,hdc->bhtc", x.view(b, t, nh, hd), weight.view(nh, hd, c)).reshape(b, nh * t, c)
+        folded_g = folded * normed.gain  # (B, nh*T, C)
+        scores = _per_head_scores(x, kg)  # (B, nh*T, N)
+        scores.baddbmm_(folded_g @ normed.mixed.transpose(1, 2), normed.probs)  # + rank-R term
+        scores.addcmul_(folded_g.sum(-1, keepdim=True), normed.mean, value=-1.0)  # - sum(f_g) mu
+        scores.mul_(normed.rstd)
+        return scores, folded @ normed.bias[:, None]  # (B, nh*T, N), (B, nh*T, 1)
+
+    def tokens_to_normed_image(
+        self, tokens: Tensor, normed: NormedImage, kg_k: Tensor, kg_v: Tensor, pe_k: Tensor
+    ) -> Tensor:
+        """:meth:`tokens_to_image_pe` on image tokens given as a :class:`NormedImage`.
+
+        Args:
+            tokens: (B, T, C) queries (before ``q_proj``).
+            normed: the image tokens, factored.
+            kg_k: (nh, hd, N) ``k_proj`` (without bias) of the fixed image side times the gain.
+            kg_v: (nh, N, hd) ``v_proj`` (without bias) of the same.
+            pe_k: (nh, hd, N) ``k_proj`` of the positional encoding, without bias.
+
+        Returns:
+            (B, T, C), equal to ``tokens_to_image_pe(tokens, normed.materialized, pe_k)``.
+        """
+        b, t, _ = tokens.shape
+        nh = self.num_heads
+        hd = self.internal_dim // nh
+        q = self.q_proj(tokens) * hd**-0.5  # (B, T, D)
+        scores, _ = self._folded_normed_scores(q, self.k_proj.weight, normed, kg_k)  # row constants cancel
+        scores.add_(_per_head_scores(q, pe_k))
+        probs = scores.softmax(dim=-1)  # (B, nh*T, N)
+        scaled = probs * normed.rstd  # (B, nh*T, N)
+        out = _per_head_values(scaled, kg_v)  # (B, T, nh, hd)
+        w_v = self.v_proj.weight  # (D, C)
+        low = torch.bmm(scaled, normed.probs.transpose(1, 2)) @ ((normed.mixed * normed.gain) @ w_v.t())  # (B, nh*T, D)
+        low.addcmul_(torch.bmm(scaled, normed.mean.transpose(1, 2)), w_v @ normed.gain, value=-1.0)
+        low.add_(w_v @ normed.bias + self.v_proj.bias)  # each probability row sums to 1
+        # Row h*T + t needs only head h's slice of D.
+        low_heads = torch.diagonal(low.view(b, nh, t, nh, hd), dim1=1, dim2=3)  # (B, T, hd, nh)
+        out = out + low_heads.permute(0, 1, 3, 2)  # (B, T, nh, hd)
+        return self.out_proj(out.reshape(b, t, nh * hd))
+
+    def normed_image_to_tokens_residual(
+        self, normed: NormedImage, tokens_k: Tensor, tokens_v: Tensor, kg_q: Tensor, pe_q: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`image_to_tokens_residual` on image tokens given as a :class:`NormedImage`.
+
+        Args:
+            normed: the image tokens, factored (``normed.materialized`` is the residual).
+            tokens_k: (B, T, C) keys (before ``k_proj``).
+            tokens_v: (B, T, C) values (before ``v_proj``).
+            kg_q: (nh, hd, N) ``q_proj`` (without bias) of the fixed image side times the gain.
+            pe_q: (nh, hd, N) ``q_proj`` of the positional encoding, without bias.
+        """
+        b, t, _ = tokens_k.shape
+        nh = self.num_heads
+        hd = self.internal_dim // nh
+        k = self.k_proj(tokens_k) * hd**-0.5  # (B, T, D)
+        scores, row_constant = self._folded_normed_scores(k, self.q_proj.weight, normed, kg_q)
+        bias_term = torch.einsum("bthd,hd->bht", k.view(b, t, nh, hd), self.q_proj.bias.view(nh, hd))
+        scores.add_(row_constant + bias_term.reshape(b, nh * t, 1))  # softmax over T: these matter
+        return self.image_to_tokens_residual(normed.materialized, tokens_k, tokens_v, pe_q, projected=False, offset=scores)
+
+
+@dataclass
+class NormedImage:
+    """Image tokens LN(K + P^T M) after a cached first layer, with the factors behind them.
+
+    Attributes:
+        materialized: (B, N, C) the tokens themselves.
+        probs: (B, R, N) first-layer image->token probabilities P.
+        mixed: (B, R, C) first-layer mixed values M (out_proj bias included).
+        mean: (B, 1, N) per-token mean of K + P^T M.
+        rstd: (B, 1, N) per-token inverse standard deviation.
+        gain: (C,) LayerNorm weight.
+        bias: (C,) LayerNorm bias.
+    """
+
+    materialized: Tensor
+    probs: Tensor
+    mixed: Tensor
+    mean: Tensor
+    rstd: Tensor
+    gain: Tensor
+    bias: Tensor
+
+
+def _per_head_values(weights: Tensor, side: Tensor) -> Tensor:
+    """Weights (B, nh*T, N) over a cached per-head value side (nh, N, hd) -> (B, T, nh, hd)."""
+    nh, n, hd = side.shape
+    b = weights.shape[0]
+    t = weights.shape[1] // nh
+    per_head = weights.view(b, nh, t, n).transpose(0, 1).reshape(nh, b * t, n)  # (nh, B*T, N)
+    return torch.bmm(per_head, side).view(nh, b, t, hd).permute(1, 2, 0, 3)  # (B, T, nh, hd)
 
 def _per_head_scores(x: Tensor, side: Tensor) -> Tensor:
     """Token projections x (B, T, D) against a cached per-head side (nh, hd, N) -> (B, nh*T, N)."""
@@ -290,6 +416,9 @@ class ImageSideCache:
             (without bias) of the positional encoding.
         pe_i2t_q: per later layer: (nh, hd, N) image->token query projection (without bias)
             of the positional encoding.
+        second_t2i_k, second_t2i_v, second_i2t_q: for the second layer, which sees the image
+            tokens as a :class:`NormedImage`: the (nh, hd, N) / (nh, N, hd) / (nh, hd, N)
+            projections (without bias) of ``keys`` times the first layer's norm4 weight.
     """
 
     keys: Tensor
@@ -299,6 +428,9 @@ class ImageSideCache:
     first_i2t_q: Tensor
     pe_t2i_k: list[Tensor]
     pe_i2t_q: list[Tensor]
+    second_t2i_k: Tensor | None = None
+    second_t2i_v: Tensor | None = None
+    second_i2t_q: Tensor | None = None
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -353,38 +485,67 @@ class TwoWayAttentionBlock(nn.Module):
         return queries, keys
 
     def forward_cached(
-        self, queries: Tensor, keys: Tensor, query_pe: Tensor, cache: ImageSideCache, index: int
-    ) -> tuple[Tensor, Tensor]:
+        self,
+        queries: Tensor,
+        keys: Tensor | NormedImage,
+        query_pe: Tensor,
+        cache: ImageSideCache,
+        index: int,
+    ) -> tuple[Tensor, Tensor | NormedImage]:
         """:meth:`forward` with the image side's fixed parts taken from ``cache``.
 
         Args:
             queries: (B, T, C) tokens.
-            keys: (1, N, C) ``cache.keys`` for the first layer, else (B, N, C) image tokens.
+            keys: (1, N, C) ``cache.keys`` for the first layer; the first layer's output for the
+                second; else (B, N, C) image tokens.
             query_pe: (B, T, C) the original prompt tokens.
             cache: :meth:`TwoWayTransformer.prepare_image` of the image.
             index: this layer's position in the stack.
 
         Returns:
-            updated queries (B, T, C) and keys (B, N, C).
+            updated queries (B, T, C) and image tokens: (B, N, C), or from the first layer a
+            :class:`NormedImage` when the second layer can use it.
         """
         queries = self.token_self_attention(queries, query_pe)
         t2i = self.cross_attn_token_to_image
         i2t = self.cross_attn_image_to_token
+        normed = keys if isinstance(keys, NormedImage) else None
+        image = normed.materialized if normed is not None else keys
         q = queries + query_pe
         if index == 0:
             attn = t2i.tokens_to_cached_image(q, cache.first_t2i_k, cache.first_t2i_v)
-        elif t2i.low_rank_pays(queries.shape[1]):
-            attn = t2i.tokens_to_image_pe(q, keys, cache.pe_t2i_k[index - 1])
-        else:  # many prompt tokens: projecting the image side is cheaper than folding
-            return self.cross_attention(queries, keys, query_pe, cache.key_pe)
+        elif not t2i.low_rank_pays(queries.shape[1]):  # many prompt tokens: project the image side
+            return self.cross_attention(queries, image, query_pe, cache.key_pe)
+        elif normed is not None:
+            assert cache.second_t2i_k is not None and cache.second_t2i_v is not None
+            attn = t2i.tokens_to_normed_image(q, normed, cache.second_t2i_k, cache.second_t2i_v, cache.pe_t2i_k[0])
+        else:
+            attn = t2i.tokens_to_image_pe(q, image, cache.pe_t2i_k[index - 1])
         queries = self.token_mlp(self.norm2(queries + attn))
 
         q = queries + query_pe
         if index == 0:
-            keys = i2t.image_to_tokens_residual(keys, q, queries, cache.first_i2t_q, projected=True)
+            pre, probs, mixed = i2t.image_to_tokens_residual(image, q, queries, cache.first_i2t_q, projected=True)
+            if cache.second_t2i_k is None:
+                return queries, self.norm4(pre)
+            norm = self.norm4
+            out, mean, rstd = torch.native_layer_norm(pre, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+            factored = NormedImage(
+                materialized=out,
+                probs=probs,
+                mixed=mixed,
+                mean=mean.transpose(1, 2),  # (B, 1, N)
+                rstd=rstd.transpose(1, 2),  # (B, 1, N)
+                gain=norm.weight,
+                bias=norm.bias,
+            )
+            return queries, factored
+        if normed is not None:
+            assert cache.second_i2t_q is not None
+            pre, _, _ = i2t.normed_image_to_tokens_residual(normed, q, queries, cache.second_i2t_q, cache.pe_i2t_q[0])
         else:
-            keys = i2t.image_to_tokens_residual(keys, q, queries, cache.pe_i2t_q[index - 1], projected=False)
-        return queries, self.norm4(keys)
+            pre, _, _ = i2t.image_to_tokens_residual(image, q, queries, cache.pe_i2t_q[index - 1], projected=False)
+        return queries, self.norm4(pre)
 
     def token_self_attention(self, queries: Tensor, query_pe: Tensor) -> Tensor:
         """Self-attention of the (B, T, C) tokens with residual and norm1."""
@@ -449,7 +610,15 @@ class TwoWayTransformer(nn.Module):
             pe_i2t_q.append(heads_transposed(F.linear(key_pe, i2t.q_proj.weight), i2t.num_heads))
         final = self.final_attn_token_to_image
         pe_t2i_k.append(heads_transposed(F.linear(key_pe, final.k_proj.weight), final.num_heads))
+        second: dict[str, Tensor] = {}
+        if len(self.layers) > 1:
+            keys_g = keys * self.layers[0].norm4.weight  # (1, N, C)
+            t2i, i2t = self.layers[1].cross_attn_token_to_image, self.layers[1].cross_attn_image_to_token
+            second["second_t2i_k"] = heads_transposed(F.linear(keys_g, t2i.k_proj.weight), t2i.num_heads)
+            second["second_t2i_v"] = heads_first(F.linear(keys_g, t2i.v_proj.weight), t2i.num_heads)
+            second["second_i2t_q"] = heads_transposed(F.linear(keys_g, i2t.q_proj.weight), i2t.num_heads)
         return ImageSideCache(
+            **second,
             keys=keys,
             key_pe=key_pe,
             first_t2i_k=first_t2i_k,
@@ -511,9 +680,10 @@ class TwoWayTransformer(nn.Module):
         queries = point_embedding
         final = self.final_attn_token_to_image
         if cache is not None:
-            keys = cache.keys  # (1, N, C)
+            image: Tensor | NormedImage = cache.keys  # (1, N, C)
             for i, layer in enumerate(self.layers):
-                queries, keys = layer.forward_cached(queries, keys, point_embedding, cache, i)
+                queries, image = layer.forward_cached(queries, image, point_embedding, cache, i)
+            keys = image.materialized if isinstance(image, NormedImage) else image
         else:
             assert image_embedding is not None and image_pe is not None
             keys = image_embedding.flatten(2).transpose(1, 2)  # (B, N, C)
