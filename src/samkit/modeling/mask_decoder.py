@@ -162,7 +162,7 @@ class MaskDecoder(nn.Module):
         _, norm, act1, _, act2 = self.output_upscaling
         c4 = norm.normalized_shape[0]
         w1, b1, w2, b2 = self.upscaling_matrices()
-        exact_gelu = isinstance(act1, nn.GELU) and act1.approximate == "none" and isinstance(act2, nn.GELU)
+        exact_gelu = all(isinstance(a, nn.GELU) and a.approximate == "none" for a in (act1, act2))
         logits = hyper_in.new_empty((b, m, 16 * n))  # (B, M, 16N) in sub-pixel order
         for i in range(b):
             for s in range(0, n, tile):

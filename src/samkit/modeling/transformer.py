@@ -191,7 +191,6 @@ class DecoderAttention(nn.Module):
         image_q: Tensor,
         *,
         projected: bool,
-        offset: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Image tokens attend to prompt tokens; returns ``image + attention`` in one product.
 
@@ -203,9 +202,6 @@ class DecoderAttention(nn.Module):
                 pe``, with bias) when ``projected``, else of the positional encoding alone
                 (without bias), the image part then entering through folded products.
 
-            offset: (B, nh*T, N) scores to add (the image part of the queries in another form);
-                then the image part is not folded in here.
-
         Returns:
             (B, N, C), equal to ``image + forward(image + pe, tokens_k, tokens_v)``; the (B, nh*T, N)
             attention probabilities and the (B, nh*T, C) mixed values (out_proj bias included)
@@ -214,16 +210,25 @@ class DecoderAttention(nn.Module):
         b, t, c = tokens_k.shape
         nh = self.num_heads
         hd = self.internal_dim // nh
-        n = image_q.shape[-1]
         k = self.k_proj(tokens_k) * hd**-0.5  # (B, T, D)
         scores = _per_head_scores(k, image_q)  # (B, nh*T, N)
-        if offset is not None:
-            scores.add_(offset)
-        elif not projected:
+        if not projected:
             kh = k.view(b, t, nh, hd)
             folded = torch.einsum("bthd,hdc->bhtc", kh, self.q_proj.weight.view(nh, hd, c)).reshape(b, nh * t, c)
             offset = torch.einsum("bthd,hd->bht", kh, self.q_proj.bias.view(nh, hd)).reshape(b, nh * t, 1)
             _add_matmul_transposed_(scores.add_(offset), folded, image)  # (B, nh*T, N)
+        return self._attend_tokens_residual(image, scores, tokens_v)
+
+    def _attend_tokens_residual(self, image: Tensor, scores: Tensor, tokens_v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Shared tail of the image->token paths: (B, nh*T, N) scores -> ``image + attention``.
+
+        Returns:
+            (B, N, C) ``image + attention``, (B, nh*T, N) probabilities, (B, nh*T, C) mixed values.
+        """
+        b, t, c = tokens_v.shape
+        nh = self.num_heads
+        hd = self.internal_dim // nh
+        n = scores.shape[-1]
         # Softmax over the T tokens of each head, along a strided axis of long contiguous rows.
         probs = scores.view(b, nh, t, n).softmax(dim=2).view(b, nh * t, n)  # (B, nh*T, N)
         v = self.v_proj(tokens_v).view(b, t, nh, hd)  # (B, T, nh, hd)
@@ -233,7 +238,6 @@ class DecoderAttention(nn.Module):
         # bias / nh over every mixed row, comes out exactly once per image token.
         mixed = mixed + self.out_proj.bias / nh
         return torch.baddbmm(image, probs.transpose(1, 2), mixed), probs, mixed  # (B, N, C), ...
-
 
     # Factored paths for the layer after a cached first layer, whose image tokens are
     # LN(K + P^T M): K the fixed (N, C) image side, P (R, N) and M (R, C) the first layer's
@@ -313,7 +317,8 @@ class DecoderAttention(nn.Module):
         scores, row_constant = self._folded_normed_scores(k, self.q_proj.weight, normed, kg_q)
         bias_term = torch.einsum("bthd,hd->bht", k.view(b, t, nh, hd), self.q_proj.bias.view(nh, hd))
         scores.add_(row_constant + bias_term.reshape(b, nh * t, 1))  # softmax over T: these matter
-        return self.image_to_tokens_residual(normed.materialized, tokens_k, tokens_v, pe_q, projected=False, offset=scores)
+        scores.add_(_per_head_scores(k, pe_q))
+        return self._attend_tokens_residual(normed.materialized, scores, tokens_v)
 
 
 @dataclass
