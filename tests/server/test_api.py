@@ -20,7 +20,7 @@ from samkit import SamPredictor
 from samkit.io import load_image
 from samkit.modeling import Sam
 from samkit.server import create_app
-from samkit.server.encoding import decode_rle
+from samkit.server.encoding import decode_rle, mask_outline
 
 from .support import image_bytes
 
@@ -127,6 +127,19 @@ def test_predict_png_equals_the_predictor(client: TestClient, picture: bytes, re
     np.testing.assert_allclose(body["scores"], scores, rtol=1e-6, atol=1e-6)
     assert body["areas"] == [int(m.sum()) for m in masks]
     assert 0 < max(body["areas"]) < W * H  # a real mask, not trivially empty or full
+
+
+def test_predict_outlined_png_equals_the_predictor(client: TestClient, picture: bytes, reference: SamPredictor) -> None:
+    image_id = _upload(client, picture)["id"]
+    request = {"points": [[90.0, 70.0]], "labels": [1], "format": "outlined_png"}
+    body = client.post(f"/api/images/{image_id}/predict", json=request).json()
+    masks, _, _ = reference.predict(np.array(request["points"]), np.array([1]), multimask_output=True)
+    assert body["format"] == "outlined_png" and len(body["masks"]) == 3
+    for b64, mask in zip(body["masks"], masks, strict=True):
+        with Image.open(io.BytesIO(base64.b64decode(b64))) as image:
+            indices = np.asarray(image)
+        np.testing.assert_array_equal(indices != 0, mask)
+        np.testing.assert_array_equal(indices == 2, mask_outline(mask))
 
 
 def test_predict_rle_box_single_mask(client: TestClient, picture: bytes, reference: SamPredictor) -> None:

@@ -15,25 +15,32 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from samkit.io import load_image
+from samkit.server.encoding import mask_outline
 
 from .support import image_bytes
 
 W, H = 240, 160
 
-_OVERLAY_JS = """(id) => {
+_ALPHA_JS = """(id) => {
   const c = document.getElementById(id);
   const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
   const out = new Array(c.width * c.height);
-  for (let i = 0; i < out.length; i++) out[i] = d[4 * i + 3] > 0 ? 1 : 0;
+  for (let i = 0; i < out.length; i++) out[i] = d[4 * i + 3];
   return {width: c.width, height: c.height, alpha: out};
 }"""
+MASK_ALPHA = 130  # app.js: the current object's fill; its outline is opaque
+
+
+def _alpha(page, canvas_id: str) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """(H, W) uint8: the canvas's alpha channel."""
+    data = page.evaluate(_ALPHA_JS, canvas_id)
+    assert (data["width"], data["height"]) == (W, H)
+    return np.array(data["alpha"], dtype=np.uint8).reshape(H, W)
 
 
 def _overlay(page, canvas_id: str) -> np.ndarray:  # type: ignore[no-untyped-def]
     """(H, W) bool: where the canvas has any opacity."""
-    data = page.evaluate(_OVERLAY_JS, canvas_id)
-    assert (data["width"], data["height"]) == (W, H)
-    return np.array(data["alpha"], dtype=bool).reshape(H, W)
+    return _alpha(page, canvas_id) > 0
 
 
 def _masks(body: dict) -> np.ndarray:
@@ -86,6 +93,12 @@ def test_click_overlay_undo_accept_and_export(browser, live_server, tmp_path: Pa
     best = int(np.argmax(first["body"]["scores"]))
     assert 0 < masks[best].sum() < W * H
     np.testing.assert_array_equal(_overlay(page, "mask-canvas"), masks[best])
+    # Drawn as a translucent fill with an opaque outline (the recoloured outlined PNG).
+    alpha = _alpha(page, "mask-canvas")
+    outline = mask_outline(masks[best])
+    assert first["request"]["format"] == "outlined_png"
+    assert outline.any() and (masks[best] & ~outline).any()
+    assert (alpha[outline] == 255).all() and (alpha[masks[best] & ~outline] == MASK_ALPHA).all()
 
     # Keys 1/2/3 switch the candidate shown.
     other = (best + 1) % 3

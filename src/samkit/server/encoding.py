@@ -8,6 +8,7 @@ runs that start with a run of zeros, the compressed ``counts`` string of pycocot
 from __future__ import annotations
 
 import base64
+import functools
 import struct
 import zlib
 
@@ -16,6 +17,9 @@ import numpy as np
 __all__ = [
     "mask_to_png",
     "mask_to_png_base64",
+    "mask_outline",
+    "mask_to_outlined_png",
+    "mask_to_outlined_png_base64",
     "rle_counts",
     "encode_rle",
     "decode_rle",
@@ -75,6 +79,91 @@ def mask_to_png(mask: np.ndarray, *, transparent_background: bool = False) -> by
 def mask_to_png_base64(mask: np.ndarray, *, transparent_background: bool = False) -> str:
     """:func:`mask_to_png`, base64-encoded (ASCII) for JSON."""
     return base64.b64encode(mask_to_png(mask, transparent_background=transparent_background)).decode("ascii")
+
+
+@functools.cache
+def _spread_bits() -> np.ndarray:
+    """(256,) uint16: bit k of each byte moved to bit 2k."""
+    values = np.arange(256, dtype=np.uint16)
+    out = np.zeros(256, dtype=np.uint16)
+    for k in range(8):
+        out |= ((values >> k) & 1) << (2 * k)
+    return out
+
+
+def _interior(mask: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the mask eroded by the 4-neighbourhood, pixels outside the image counting as background."""
+    interior = mask.copy()
+    interior[:, 1:] &= mask[:, :-1]
+    interior[:, :-1] &= mask[:, 1:]
+    interior[1:, :] &= mask[:-1, :]
+    interior[:-1, :] &= mask[1:, :]
+    interior[[0, -1], :] = False
+    interior[:, [0, -1]] = False
+    return interior
+
+
+def mask_outline(mask: np.ndarray) -> np.ndarray:
+    """Object pixels with a 4-neighbour outside the object or outside the image.
+
+    Args:
+        mask: (H, W) bool.
+
+    Returns:
+        (H, W) bool, a subset of ``mask``.
+    """
+    mask = _check_mask(mask)
+    return mask & ~_interior(mask)
+
+
+def mask_to_outlined_png(mask: np.ndarray) -> bytes:
+    """Encode a mask as a 2-bit indexed PNG that separates its outline from its interior.
+
+    Palette index 0 is the background (transparent), 1 the object's interior, 2 its outline
+    (:func:`mask_outline`). Both object indices are opaque white, so the file reads like
+    :func:`mask_to_png` with a transparent background (nonzero index = object); a viewer can
+    recolour the object, e.g. a translucent fill with an opaque outline, by rewriting the
+    9-byte PLTE and 3-byte tRNS chunks alone, without touching the pixels. The web page draws
+    masks this way: one canvas operation instead of an erosion with compositing.
+
+    Args:
+        mask: (H, W) bool (or any array; nonzero = object).
+
+    Returns:
+        The PNG file bytes.
+    """
+    mask = _check_mask(mask)
+    height, width = mask.shape
+    if height == 0 or width == 0:
+        raise ValueError(f"mask: empty mask of shape {mask.shape}")
+    interior = _interior(mask)
+    outline = mask & ~interior
+    # A 2-bit pixel is (outline bit, interior bit). Pack each plane 8 pixels per byte, then
+    # spread every byte's bits to the even bits of 16 and interleave: PNG's 2-bit rows.
+    spread = _spread_bits()
+    pairs = (spread[np.packbits(outline, axis=1)] << 1) | spread[np.packbits(interior, axis=1)]  # (H, ceil(W / 8))
+    packed = pairs.astype(">u2").view(np.uint8)[:, : -(-width // 4)]  # (H, ceil(W / 4)) big-endian bytes
+    rows = np.zeros((height, packed.shape[1] + 1), dtype=np.uint8)  # (H, 1 + ceil(W / 4))
+    rows[:, 1:] = packed  # column 0: filter type 0 (None) for every scanline
+    # Run-length deflate: as small as level 1 on masks, and 2x faster on ragged ones.
+    compressor = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    pixels = compressor.compress(rows.tobytes()) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 2, 3, 0, 0, 0)  # 2-bit indexed colour, no interlace
+    return b"".join(
+        (
+            _PNG_SIGNATURE,
+            _png_chunk(b"IHDR", header),
+            _png_chunk(b"PLTE", bytes((0, 0, 0, 255, 255, 255, 255, 255, 255))),
+            _png_chunk(b"tRNS", bytes((0, 255, 255))),
+            _png_chunk(b"IDAT", pixels),
+            _png_chunk(b"IEND", b""),
+        )
+    )
+
+
+def mask_to_outlined_png_base64(mask: np.ndarray) -> str:
+    """:func:`mask_to_outlined_png`, base64-encoded (ASCII) for JSON."""
+    return base64.b64encode(mask_to_outlined_png(mask)).decode("ascii")
 
 
 def rle_counts(mask: np.ndarray) -> list[int]:

@@ -75,10 +75,13 @@ class PredictRequest(BaseModel):
         "fed back as the previous mask (iterative refinement).",
     )
     multimask: bool = Field(default=True, description="Return 3 candidate masks instead of 1.")
-    format: Literal["png", "rle"] = Field(
+    format: Literal["png", "rle", "outlined_png"] = Field(
         default="png",
         description="png: per mask a base64 1-bit PNG (white object, background black and marked transparent "
-        "with tRNS, so it overlays directly); rle: per mask a COCO compressed RLE.",
+        "with tRNS, so it overlays directly); rle: per mask a COCO compressed RLE; outlined_png: per mask a "
+        "base64 2-bit indexed PNG, index 0 = background (transparent), 1 = object interior, 2 = object "
+        "outline (object pixels with a 4-neighbour outside the object or the image), both object indices "
+        "opaque white: recolour it by rewriting the PLTE and tRNS chunks (what the web page does).",
     )
 
 
@@ -87,8 +90,8 @@ class PredictResponse(BaseModel):
 
     width: int
     height: int
-    format: Literal["png", "rle"]
-    masks: list[str] | list[RLE] = Field(description="Base64 PNGs (format png) or RLEs (format rle).")
+    format: Literal["png", "rle", "outlined_png"]
+    masks: list[str] | list[RLE] = Field(description="Base64 PNGs (formats png, outlined_png) or RLEs (format rle).")
     scores: list[float] = Field(description="Predicted IoU of each mask.")
     areas: list[int] = Field(description="Pixels in each mask.")
     logits_ids: list[str] = Field(description="Handles of each mask's low-res logits, for mask_input_id.")

@@ -37,7 +37,7 @@ from ..io import ImageReadError, load_image
 from ..modeling import Sam
 from ..predictor import SamPredictor
 from .cache import ByteLRU
-from .encoding import encode_rle, mask_to_png_base64
+from .encoding import encode_rle, mask_to_outlined_png_base64, mask_to_png_base64
 
 __all__ = [
     "ServiceError",
@@ -352,7 +352,7 @@ class SegmentationService:
         box: tuple[float, float, float, float] | None,
         mask_input_id: str | None,
         multimask: bool,
-        output_format: Literal["png", "rle"],
+        output_format: Literal["png", "rle", "outlined_png"],
     ) -> dict[str, Any]:
         """Masks for prompts given in image pixels.
 
@@ -364,7 +364,8 @@ class SegmentationService:
             mask_input_id: A ``logits_ids`` entry of an earlier prediction on this image,
                 fed to the decoder as the previous mask, or None.
             multimask: 3 candidate masks instead of 1.
-            output_format: "png" (base64 1-bit PNG, white object on a transparent background)
+            output_format: "png" (base64 1-bit PNG, white object on a transparent background),
+                "outlined_png" (base64 2-bit indexed PNG: 0 background, 1 interior, 2 outline)
                 or "rle" (COCO compressed RLE).
 
         Returns:
@@ -447,6 +448,8 @@ class SegmentationService:
         decoded = time.perf_counter()
         if output_format == "png":
             encoded: list[Any] = [mask_to_png_base64(m, transparent_background=True) for m in masks]
+        elif output_format == "outlined_png":
+            encoded = [mask_to_outlined_png_base64(m) for m in masks]
         else:
             encoded = [encode_rle(m) for m in masks]
         areas = [int(np.count_nonzero(m)) for m in masks]

@@ -23,7 +23,7 @@
   const state = {
     file: null, fileName: "", imageId: null, width: 0, height: 0, bitmap: null,
     points: [], labels: [], box: null,
-    candidates: [], // [{b64, bitmap, pending, mask, score, area, logitsId}]; bitmap/mask made on demand
+    candidates: [], // [{b64, bitmap, bitmapColor, pending, mask, score, area, logitsId}]; bitmap/mask made on demand
     selected: 0,
     history: [], // undo entries of the current object
     objects: [], // [{id, group, color, mask, area, bbox, score, points, labels, box, source}]
@@ -31,7 +31,7 @@
     seq: 0, busy: false,
   };
   // Figures the browser tests read.
-  // Read by the tests and the click-latency benchmark; phases: [request+JSON, PNG decode, draw] ms per click.
+  // Read by the tests and the click-latency benchmark; phases: [request+JSON, PNG decode, draw, frame] ms per click.
   const debug = { state, predictsDrawn: 0, lastRoundTripMs: null, roundTrips: [], phases: [], shownIndex: -1 };
   window.samkit = debug;
 
@@ -158,12 +158,11 @@
     document.body.dataset.imageId = info.id;
   }
 
-  // Off-screen layers for drawing a mask bitmap with an outline, and one for reading pixels back.
-  const scratch = { edge: null, eroded: null, read: null };
+  // Off-screen layer for reading mask pixels back.
+  const scratch = { read: null };
 
   function setupCanvases() {
     const { width, height } = state;
-    for (const name of ["edge", "eroded"]) scratch[name] = new OffscreenCanvas(width, height).getContext("2d");
     scratch.read = new OffscreenCanvas(width, height).getContext("2d", { willReadFrequently: true });
     for (const c of [els.imageCanvas, els.objectsCanvas, els.maskCanvas, els.promptCanvas]) {
       c.width = width;
@@ -199,7 +198,7 @@
 
   function snapshot() {
     // Undo keeps the masks as their PNG text only; bitmaps are decoded again if needed.
-    const candidates = state.candidates.map((c) => ({ ...c, bitmap: null, pending: null, mask: null }));
+    const candidates = state.candidates.map((c) => ({ ...c, bitmap: null, bitmapColor: null, pending: null, mask: null }));
     return {
       points: state.points.slice(), labels: state.labels.slice(), box: state.box,
       candidates, selected: state.selected,
@@ -217,17 +216,50 @@
     return bytes;
   }
 
-  /** A mask PNG from the API (white object, transparent background) -> ImageBitmap. */
-  function decodeMaskPng(b64) {
-    return createImageBitmap(new Blob([base64Bytes(b64)], { type: "image/png" }), {
-      premultiplyAlpha: "none", colorSpaceConversion: "none",
-    });
+  /**
+   * Recolour an "outlined_png" mask from the API in place: its palette is [background,
+   * interior, outline]; the background stays transparent, the interior becomes the colour at
+   * fillAlpha, the outline the opaque colour. Only the PLTE and tRNS chunks (and their CRCs)
+   * change, so the browser decodes a ready-to-draw overlay.
+   */
+  function recolourOutlinedPng(bytes, [r, g, b], fillAlpha) {
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const chunkData = { PLTE: [0, 0, 0, r, g, b, r, g, b], tRNS: [0, fillAlpha, 255] };
+    for (let at = 8; at + 12 <= bytes.length;) {
+      const length = view.getUint32(at);
+      const type = String.fromCharCode(...bytes.subarray(at + 4, at + 8));
+      const data = chunkData[type];
+      if (data) {
+        if (length !== data.length) throw new Error(`mask PNG: unexpected ${type} chunk of ${length} bytes`);
+        bytes.set(data, at + 8);
+        view.setUint32(at + 8 + length, SamMasks.crc32(bytes.subarray(at + 4, at + 8 + length)));
+      }
+      if (type === "IDAT") break; // PLTE and tRNS come before the pixels
+      at += 12 + length;
+    }
+    return bytes;
   }
 
-  /** The candidate's bitmap, decoding it if needed. */
+  /** A mask from the API -> ImageBitmap of its overlay in colour number colorIndex. */
+  function decodeMaskPng(b64, colorIndex) {
+    const bytes = recolourOutlinedPng(base64Bytes(b64), SamMasks.color(colorIndex), MASK_ALPHA);
+    return createImageBitmap(new Blob([bytes], { type: "image/png" }), { colorSpaceConversion: "none" });
+  }
+
+  /** The candidate's overlay bitmap in the current object's colour, decoding it if needed. */
   function candidateBitmap(c) {
-    if (c.bitmap) return Promise.resolve(c.bitmap);
-    if (!c.pending) c.pending = decodeMaskPng(c.b64).then((b) => (c.bitmap = b));
+    const colorIndex = state.nextColor;
+    if (c.bitmap && c.bitmapColor === colorIndex) return Promise.resolve(c.bitmap);
+    if (!c.pending || c.pendingColor !== colorIndex) {
+      c.pendingColor = colorIndex;
+      c.pending = decodeMaskPng(c.b64, colorIndex).then((b) => {
+        if (c.pendingColor === colorIndex) {
+          c.bitmap = b;
+          c.bitmapColor = colorIndex;
+        }
+        return b;
+      });
+    }
     return c.pending;
   }
 
@@ -239,7 +271,7 @@
       ctx.drawImage(c.bitmap, 0, 0);
       const rgba = ctx.getImageData(0, 0, state.width, state.height).data;
       const mask = new Uint8Array(state.width * state.height);
-      for (let i = 0, j = 3; i < mask.length; i++, j += 4) mask[i] = rgba[j] > 127 ? 1 : 0;
+      for (let i = 0, j = 3; i < mask.length; i++, j += 4) mask[i] = rgba[j] > 0 ? 1 : 0; // fill and outline are both > 0
       c.mask = mask;
     }
     return c.mask;
@@ -252,7 +284,7 @@
       renderCurrent();
       return;
     }
-    const body = { points: state.points, labels: state.labels, box: state.box, multimask: true, format: "png" };
+    const body = { points: state.points, labels: state.labels, box: state.box, multimask: true, format: "outlined_png" };
     const previous = state.candidates[state.selected];
     if (els.refine.checked && previous) body.mask_input_id = previous.logitsId;
     const started = performance.now();
@@ -272,7 +304,8 @@
       if (seq !== state.seq) return; // a newer click superseded this one
       const answered = performance.now();
       const candidates = data.masks.map((b64, i) => ({
-        b64, bitmap: null, pending: null, mask: null, score: data.scores[i], area: data.areas[i], logitsId: data.logits_ids[i],
+        b64, bitmap: null, bitmapColor: null, pending: null, mask: null,
+        score: data.scores[i], area: data.areas[i], logitsId: data.logits_ids[i],
       }));
       const best = argmax(data.scores);
       await candidateBitmap(candidates[best]); // only the mask shown is on the critical path
@@ -282,17 +315,26 @@
       state.selected = best;
       renderCurrent();
       const drawnAt = performance.now();
+      // The round trip ends when the browser has produced the frame that shows the mask (canvas
+      // drawing is recorded and rasterised with the frame), not when the drawing calls return.
+      await afterNextFrame();
+      const shownAt = performance.now();
       candidates.forEach((c) => candidateBitmap(c)); // the others decode in the background
-      const ms = drawnAt - started;
+      const ms = shownAt - started;
       debug.lastRoundTripMs = ms;
       debug.roundTrips.push(ms);
-      debug.phases.push([answered - started, decoded - answered, drawnAt - decoded]);
+      debug.phases.push([answered - started, decoded - answered, drawnAt - decoded, shownAt - drawnAt]);
       debug.predictsDrawn++;
       document.body.dataset.predictsDrawn = String(debug.predictsDrawn);
       setStatus(`mask in ${ms.toFixed(0)} ms · ${state.points.length} point(s)${state.box ? " + box" : ""}`);
     } catch (error) {
       if (seq === state.seq) setStatus(error.message, true);
     }
+  }
+
+  /** Resolves once the browser has rendered the next frame (its main-thread paint and commit). */
+  function afterNextFrame() {
+    return new Promise((resolve) => requestAnimationFrame(() => setTimeout(resolve, 0)));
   }
 
   function argmax(values) {
@@ -504,44 +546,14 @@
     }
   }
 
-  /**
-   * Draw a mask bitmap (opaque object, transparent background) in a colour: a translucent fill
-   * and an opaque 1-pixel outline (mask minus its 4-neighbour erosion), all with canvas
-   * compositing, no per-pixel JavaScript. Every operation touches the whole canvas (software
-   * rendering in a headless browser: ~2-3 ms each at 967x546), so there are as few as possible:
-   * "copy" replaces a clear plus a draw, and the fill is made in place on the target.
-   */
-  function drawMaskBitmap(ctx, bitmap, color, fillAlpha) {
-    const { width, height } = state;
-    const { edge, eroded } = scratch;
-    eroded.globalCompositeOperation = "copy";
-    eroded.drawImage(bitmap, 0, 0);
-    eroded.globalCompositeOperation = "destination-in";
-    for (const [dx, dy] of [[1, 0], [-1, 0], [0, 1], [0, -1]]) eroded.drawImage(bitmap, dx, dy);
-    edge.globalCompositeOperation = "copy";
-    edge.drawImage(bitmap, 0, 0);
-    edge.globalCompositeOperation = "destination-out";
-    edge.drawImage(eroded.canvas, 0, 0);
-    edge.globalCompositeOperation = "source-in";
-    edge.fillStyle = `rgb(${color.join(",")})`;
-    edge.fillRect(0, 0, width, height);
-    ctx.globalCompositeOperation = "copy";
-    ctx.drawImage(bitmap, 0, 0);
-    ctx.globalCompositeOperation = "source-in";
-    ctx.fillStyle = `rgba(${color.join(",")},${fillAlpha / 255})`;
-    ctx.fillRect(0, 0, width, height);
-    ctx.globalCompositeOperation = "source-over";
-    ctx.drawImage(edge.canvas, 0, 0);
-  }
-
   function renderCurrentMask() {
     const { width, height } = state;
     if (!width) return;
     const ctx = els.maskCanvas.getContext("2d");
     const chosen = state.candidates[state.selected];
     debug.shownIndex = -1;
-    if (chosen && !chosen.bitmap) {
-      // Not decoded yet (a candidate picked right after the answer): draw when it is.
+    if (chosen && !(chosen.bitmap && chosen.bitmapColor === state.nextColor)) {
+      // Not decoded (in this colour) yet, e.g. a candidate picked right after the answer: draw when it is.
       candidateBitmap(chosen).then(() => { if (state.candidates[state.selected] === chosen) renderCurrentMask(); });
       return;
     }
@@ -549,7 +561,10 @@
       ctx.clearRect(0, 0, width, height);
       return;
     }
-    drawMaskBitmap(ctx, chosen.bitmap, SamMasks.color(state.nextColor), MASK_ALPHA); // replaces the whole canvas
+    // The bitmap is the finished overlay (fill and outline in colour): one operation replaces the canvas.
+    ctx.globalCompositeOperation = "copy";
+    ctx.drawImage(chosen.bitmap, 0, 0);
+    ctx.globalCompositeOperation = "source-over";
     debug.shownIndex = state.selected;
   }
 
