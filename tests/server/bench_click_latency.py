@@ -162,7 +162,7 @@ def main() -> int:
                 page.goto(server.url)
                 page.set_input_files("#file-input", str(path))  # same bytes: the embedding is cached
                 page.wait_for_function("document.body.dataset.imageId", timeout=600_000)
-                box = page.locator("#prompt-canvas").bounding_box()
+                box = page.locator("#prompt-layer").bounding_box()
                 for _ in range(args.n + 3):
                     drawn = page.evaluate("window.samkit.predictsDrawn")
                     page.keyboard.press("Escape")

@@ -53,7 +53,7 @@ def _masks(body: dict) -> np.ndarray:
 
 def _screen(page, x: float, y: float) -> tuple[float, float]:  # type: ignore[no-untyped-def]
     """Image pixel -> page coordinates of the prompt canvas."""
-    box = page.locator("#prompt-canvas").bounding_box()
+    box = page.locator("#prompt-layer").bounding_box()
     return box["x"] + x / W * box["width"], box["y"] + y / H * box["height"]
 
 
@@ -66,6 +66,17 @@ def _open(page, live_server, tmp_path: Path, seed: int) -> tuple[Path, bytes]:  
     page.wait_for_function("document.body.dataset.imageId", timeout=30_000)
     assert page.evaluate("document.body.dataset.imageId") == hashlib.sha256(data).hexdigest()
     return path, data
+
+
+def _markers(page, selector: str) -> list[tuple[float, float, float, float]]:  # type: ignore[no-untyped-def]
+    """Screen boxes (x, y, width, height) of the point / box markers over the image matching selector."""
+    markers = page.locator(f"#canvas-wrap .mark:not(.anchor){selector}").all()
+    return [tuple(b.values()) for b in (m.bounding_box() for m in markers)]
+
+
+def _centre_at(marker: tuple[float, float, float, float], screen: tuple[float, float]) -> bool:
+    x, y, width, height = marker
+    return abs(x + width / 2 - screen[0]) < 1.5 and abs(y + height / 2 - screen[1]) < 1.5
 
 
 def _click_and_wait(page, x: float, y: float, *, button: str = "left") -> dict:  # type: ignore[no-untyped-def]
@@ -93,6 +104,8 @@ def test_click_overlay_undo_accept_and_export(browser, live_server, tmp_path: Pa
     best = int(np.argmax(first["body"]["scores"]))
     assert 0 < masks[best].sum() < W * H
     np.testing.assert_array_equal(_overlay(page, "mask-canvas"), masks[best])
+    (marker,) = _markers(page, ".point.positive")  # the point is shown where it was clicked
+    assert _centre_at(marker, _screen(page, 70, 50))
     # Drawn as a translucent fill with an opaque outline (the recoloured outlined PNG).
     alpha = _alpha(page, "mask-canvas")
     outline = mask_outline(masks[best])
@@ -112,11 +125,14 @@ def test_click_overlay_undo_accept_and_export(browser, live_server, tmp_path: Pa
     # Right click: a negative point; Backspace undoes it without a new request.
     second = _click_and_wait(page, 200, 120, button="right")
     assert second["request"]["labels"] == [1, 0]
+    (marker,) = _markers(page, ".point.negative")
+    assert _centre_at(marker, _screen(page, 200, 120)) and len(_markers(page, ".point")) == 2
     assert not np.array_equal(_masks(second["body"]), masks)
     page.keyboard.press("Backspace")
     page.wait_for_function(f"window.samkit.shownIndex === {best}")
     np.testing.assert_array_equal(_overlay(page, "mask-canvas"), masks[best])
     assert page.evaluate("window.samkit.state.points.length") == 1
+    assert len(_markers(page, ".point.positive")) == 1 and not _markers(page, ".point.negative")
 
     # Enter accepts: the object moves to the objects layer, the current mask clears.
     page.keyboard.press("Enter")
@@ -193,9 +209,13 @@ def test_dropped_file_opens_then_drag_draws_a_box_and_escape_clears(browser, liv
     body = info.value.json()
     best = int(np.argmax(body["scores"]))
     np.testing.assert_array_equal(_overlay(page, "mask-canvas"), _masks(body)[best])
+    ((x, y, width, height),) = _markers(page, ".box")
+    (x0, y0), (x1, y1) = _screen(page, 30, 20), _screen(page, 180, 130)
+    assert np.allclose([x, y, x + width, y + height], [x0, y0, x1, y1], atol=1.5)
     page.keyboard.press("Escape")
     assert not _overlay(page, "mask-canvas").any()
     assert page.evaluate("window.samkit.state.box") is None
+    assert not _markers(page, "")
     page.close()
 
 

@@ -8,7 +8,7 @@
     openBtn: $("open-btn"), fileInput: $("file-input"), fileName: $("file-name"), status: $("status"),
     modelInfo: $("model-info"), stage: $("stage"), dropzone: $("dropzone"), wrap: $("canvas-wrap"),
     imageCanvas: $("image-canvas"), objectsCanvas: $("objects-canvas"), maskCanvas: $("mask-canvas"),
-    promptCanvas: $("prompt-canvas"), progress: $("progress"), progressLabel: $("progress-label"),
+    promptLayer: $("prompt-layer"), progress: $("progress"), progressLabel: $("progress-label"),
     progressFill: $("progress-fill"), progressTime: $("progress-time"), candidates: $("candidates"),
     acceptBtn: $("accept-btn"), undoBtn: $("undo-btn"), clearBtn: $("clear-btn"), refine: $("refine"),
     swatch: $("current-swatch"), objects: $("objects"), objectCount: $("object-count"),
@@ -164,7 +164,7 @@
   function setupCanvases() {
     const { width, height } = state;
     scratch.read = new OffscreenCanvas(width, height).getContext("2d", { willReadFrequently: true });
-    for (const c of [els.imageCanvas, els.objectsCanvas, els.maskCanvas, els.promptCanvas]) {
+    for (const c of [els.imageCanvas, els.objectsCanvas, els.maskCanvas]) {
       c.width = width;
       c.height = height;
     }
@@ -344,22 +344,22 @@
   }
 
   function imagePoint(event) {
-    const rect = els.promptCanvas.getBoundingClientRect();
+    const rect = els.promptLayer.getBoundingClientRect();
     const x = ((event.clientX - rect.left) / rect.width) * state.width;
     const y = ((event.clientY - rect.top) / rect.height) * state.height;
     return [Math.min(state.width, Math.max(0, x)), Math.min(state.height, Math.max(0, y))];
   }
 
   let press = null; // {start: [x, y], clientX, clientY, button, shift, dragging, current}
-  els.promptCanvas.addEventListener("contextmenu", (e) => e.preventDefault());
-  els.promptCanvas.addEventListener("pointerdown", (e) => {
+  els.promptLayer.addEventListener("contextmenu", (e) => e.preventDefault());
+  els.promptLayer.addEventListener("pointerdown", (e) => {
     if (!state.imageId || state.busy || (e.button !== 0 && e.button !== 2)) return;
     e.preventDefault();
-    els.promptCanvas.focus();
-    els.promptCanvas.setPointerCapture(e.pointerId);
+    els.promptLayer.focus();
+    els.promptLayer.setPointerCapture(e.pointerId);
     press = { start: imagePoint(e), clientX: e.clientX, clientY: e.clientY, button: e.button, shift: e.shiftKey, dragging: false };
   });
-  els.promptCanvas.addEventListener("pointermove", (e) => {
+  els.promptLayer.addEventListener("pointermove", (e) => {
     if (!press) return;
     if (!press.dragging && press.button === 0 && Math.hypot(e.clientX - press.clientX, e.clientY - press.clientY) > DRAG_THRESHOLD_PX) {
       press.dragging = true;
@@ -369,7 +369,7 @@
       drawPrompts(boxFrom(press.start, press.current));
     }
   });
-  els.promptCanvas.addEventListener("pointerup", (e) => {
+  els.promptLayer.addEventListener("pointerup", (e) => {
     if (!press) return;
     const p = press;
     press = null;
@@ -386,7 +386,7 @@
     drawPrompts();
     predict();
   });
-  els.promptCanvas.addEventListener("pointercancel", () => { press = null; drawPrompts(); });
+  els.promptLayer.addEventListener("pointercancel", () => { press = null; drawPrompts(); });
 
   function boxFrom(a, b) {
     return [Math.min(a[0], b[0]), Math.min(a[1], b[1]), Math.max(a[0], b[0]), Math.max(a[1], b[1])].map((v) => Math.round(v * 10) / 10);
@@ -600,29 +600,36 @@
     renderButtons();
   }
 
+  const promptShapes = []; // the .mark elements after the anchor in #canvas-wrap, in drawing order
+
+  /**
+   * Points and boxes as positioned elements over the canvases (style.css draws them). Elements
+   * that did not change are kept as they are, so adding a point repaints only that point.
+   */
   function drawPrompts(previewBox) {
     const { width, height } = state;
     if (!width) return;
-    const ctx = els.promptCanvas.getContext("2d");
-    ctx.clearRect(0, 0, width, height);
-    // Canvas pixels are image pixels; keep markers a constant size on screen.
-    const perScreenPx = width / Math.max(1, els.promptCanvas.getBoundingClientRect().width);
-    const r = 6 * perScreenPx;
-    ctx.lineWidth = 2 * perScreenPx;
+    const percent = (value, size) => `${((100 * value) / size).toFixed(4)}%`;
+    const wanted = []; // [class, {left, top, width, height}]
     for (const box of [state.box, previewBox]) {
       if (!box) continue;
-      ctx.strokeStyle = "#1e90ff";
-      ctx.setLineDash(box === previewBox ? [6 * perScreenPx, 4 * perScreenPx] : []);
-      ctx.strokeRect(box[0], box[1], box[2] - box[0], box[3] - box[1]);
+      wanted.push([box === previewBox ? "mark box preview" : "mark box", {
+        left: percent(box[0], width), top: percent(box[1], height),
+        width: percent(box[2] - box[0], width), height: percent(box[3] - box[1], height),
+      }]);
     }
-    ctx.setLineDash([]);
     state.points.forEach(([x, y], i) => {
-      ctx.beginPath();
-      ctx.arc(x, y, r, 0, 2 * Math.PI);
-      ctx.fillStyle = state.labels[i] ? "#14d03c" : "#ff3b3b";
-      ctx.fill();
-      ctx.strokeStyle = "#fff";
-      ctx.stroke();
+      wanted.push([`mark point ${state.labels[i] ? "positive" : "negative"}`, {
+        left: percent(x, width), top: percent(y, height), width: "", height: "",
+      }]);
+    });
+    const shapes = promptShapes;
+    while (shapes.length > wanted.length) shapes.pop().remove();
+    wanted.forEach(([className, style], i) => {
+      if (!shapes[i]) shapes.push(els.wrap.appendChild(document.createElement("div")));
+      const shape = shapes[i];
+      if (shape.className !== className) shape.className = className;
+      for (const [name, value] of Object.entries(style)) if (shape.style[name] !== value) shape.style[name] = value;
     });
   }
 
