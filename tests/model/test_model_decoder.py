@@ -161,3 +161,37 @@ def test_factored_second_layer_equals_materialized(tiny_sam: Sam, embedding: tor
         materialized = tiny_sam.decode(embedding, **prompts, cache=plain)
     _assert_close(factored[0], materialized[0])
     _assert_close(factored[1], materialized[1])
+
+
+def _few_token_prompts(kind: str, batch: int, seed: int) -> dict[str, Any]:
+    """Prompts with few enough tokens for the tiny decoder's factored paths (2 heads x T < 16)."""
+    prompts = _prompts(kind, batch, 320, seed=seed)
+    if kind == "points":  # one point (plus the padding point)
+        prompts = {"point_coords": prompts["point_coords"][:, :1], "point_labels": prompts["point_labels"][:, :1]}
+    return prompts
+
+
+@pytest.mark.parametrize("kind", ["points", "boxes"])
+def test_factored_upscaling_equals_materialized(
+    tiny_sam: Sam, embedding: torch.Tensor, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upscaling's first product reads the two-level factored image tokens with the cache's
+    ``upscale_keys``; without them it multiplies the materialized tokens. Same masks; batches
+    above the transformer's prompt chunk (concatenated factors) included."""
+    import dataclasses
+
+    from samkit.modeling import mask_decoder
+
+    cache = tiny_sam.decoder_cache(embedding)
+    assert cache.upscale_keys is not None
+    plain = dataclasses.replace(cache, upscale_keys=None)
+    prompts = _few_token_prompts(kind, 9, seed=11)  # 9 > PROMPT_CHUNK
+    calls = []
+    original = mask_decoder._factored_first_product
+    monkeypatch.setattr(mask_decoder, "_factored_first_product", lambda *a: calls.append(1) or original(*a))
+    with torch.inference_mode():
+        factored = tiny_sam.decode(embedding, **prompts, cache=cache)
+        materialized = tiny_sam.decode(embedding, **prompts, cache=plain)
+    assert calls == [1]  # the factored path ran (once: the plain cache cannot take it)
+    _assert_close(factored[0], materialized[0])
+    _assert_close(factored[1], materialized[1])

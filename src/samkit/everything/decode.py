@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..modeling import ImageSideCache, Sam
-from ..modeling.transformer import PROMPT_CHUNK
+from ..modeling.transformer import PROMPT_CHUNK, NormedImage
 
 __all__ = ["PointBatch", "PointDecoder"]
 
@@ -28,12 +28,13 @@ class PointBatch:
 
     Attributes:
         tokens: (B, 5, C) output tokens (the IoU token, then the 4 mask tokens).
-        image_tokens: (B, h*w, C) updated image tokens.
+        image_tokens: (B, h*w, C) updated image tokens, or their factors (see
+            ``MaskDecoder.masks_from_image_tokens``).
         iou: (B, M) float32 predicted IoU of the M = 3 multimask outputs.
     """
 
     tokens: Tensor
-    image_tokens: Tensor
+    image_tokens: Tensor | NormedImage
     iou: Tensor
 
 
@@ -76,8 +77,8 @@ class PointDecoder:
         tokens = torch.cat([out_tokens, sparse], dim=1)  # (B, 7, C)
         decoder = model.mask_decoder
         hs, image_tokens = decoder.transformer(
-            None, None, tokens, cache=self.cache, keep_tokens=1 + decoder.num_mask_tokens
-        )  # (B, 5, C), (B, h*w, C)
+            None, None, tokens, cache=self.cache, keep_tokens=1 + decoder.num_mask_tokens, factored=True
+        )  # (B, 5, C), (B, h*w, C) or its factors
         iou = decoder.iou_prediction_head(hs[:, 0, :])[:, self._first_mask :]  # (B, 3)
         return PointBatch(tokens=hs, image_tokens=image_tokens, iou=iou.float())
 
@@ -143,6 +144,8 @@ class PointDecoder:
         selected = hyper.new_zeros((len(unique), slots, hyper.shape[-1]))  # (U, S, C/8)
         selected[inverse, rank] = hyper[inverse, output]
         # unique is sorted: all B prompts means the identity, and a copy of (B, h*w, C) is avoided.
-        image_tokens = batch.image_tokens if len(unique) == batch.image_tokens.shape[0] else batch.image_tokens[unique]
-        logits = decoder.masks_from_image_tokens(image_tokens, selected, (h, w))  # (U, S, 4h, 4w)
+        image_tokens = batch.image_tokens
+        if len(unique) != batch.tokens.shape[0]:
+            image_tokens = image_tokens.select(unique) if isinstance(image_tokens, NormedImage) else image_tokens[unique]
+        logits = decoder.masks_from_image_tokens(image_tokens, selected, (h, w), cache=self.cache)  # (U, S, 4h, 4w)
         return logits[inverse, rank].float()  # (N, 4h, 4w)

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..config import MaskDecoderConfig
 from .common import MLP, LayerNorm2d
-from .transformer import ImageSideCache, TwoWayTransformer
+from .transformer import ImageSideCache, NormedImage, TwoWayTransformer, image_tokens_of
 
 __all__ = ["MaskDecoder"]
 
@@ -58,7 +58,14 @@ class MaskDecoder(nn.Module):
             image_pe: (1, C, h, w).
             no_mask_dense: (1, C, h, w) dense embedding used when no mask is given.
         """
-        return self.transformer.prepare_image(image_embeddings + no_mask_dense, image_pe)
+        cache = self.transformer.prepare_image(image_embeddings + no_mask_dense, image_pe)
+        layers = self.transformer.layers
+        if cache.second_t2i_k is not None and len(layers) == 2:
+            # The upscaling's first product of the fixed image side, for factored image tokens.
+            w1 = self.upscaling_matrices()[0]  # (C, 4 * C/4)
+            gains = layers[0].norm4.weight * layers[1].norm4.weight  # (C,)
+            cache.upscale_keys = cache.keys[0] @ (gains[:, None] * w1)  # (N, 4 * C/4)
+        return cache
 
     def forward(
         self,
@@ -88,8 +95,11 @@ class MaskDecoder(nn.Module):
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0).to(dtype)  # (1+M, C)
         tokens = torch.cat([output_tokens.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings], dim=1)  # (B, 1+M+T, C)
 
+        src: Tensor | NormedImage
         if cache is not None:
-            hs, src = self.transformer(None, None, tokens, cache=cache, keep_tokens=1 + self.num_mask_tokens)
+            hs, src = self.transformer(
+                None, None, tokens, cache=cache, keep_tokens=1 + self.num_mask_tokens, factored=True
+            )
         else:
             assert dense_prompt_embeddings is not None
             src = image_embeddings + dense_prompt_embeddings  # (B, C, h, w)
@@ -100,7 +110,7 @@ class MaskDecoder(nn.Module):
         iou_token_out = hs[:, 0, :]  # (B, C)
         selected = self.output_token_slice(multimask_output)
         hyper_in = self.hypernetwork_weights(hs, selected)  # (B, M, C/8)
-        masks = self.masks_from_image_tokens(src, hyper_in, (h, w))  # (B, M, 4h, 4w)
+        masks = self.masks_from_image_tokens(src, hyper_in, (h, w), cache=cache)  # (B, M, 4h, 4w)
         iou_pred = self.iou_prediction_head(iou_token_out)[:, selected]  # (B, M)
         return masks, iou_pred
 
@@ -136,7 +146,12 @@ class MaskDecoder(nn.Module):
         return w1, up1.bias.repeat(4), w2, up2.bias.repeat(4)
 
     def masks_from_image_tokens(
-        self, image_tokens: Tensor, hyper_in: Tensor, grid: tuple[int, int], tile: int = 1024
+        self,
+        image_tokens: Tensor | NormedImage,
+        hyper_in: Tensor,
+        grid: tuple[int, int],
+        tile: int = 1024,
+        cache: ImageSideCache | None = None,
     ) -> Tensor:
         """Upscale image tokens and apply the hypernetwork weights.
 
@@ -147,33 +162,92 @@ class MaskDecoder(nn.Module):
         ``(4i + 2a1 + a2, 4j + 2b1 + b2)`` of token ``i*w + j``, and are unshuffled once at
         the end, on the (much smaller) masks.
 
+        Image tokens given as a two-level :class:`NormedImage` (the cached transformer path),
+        with ``cache.upscale_keys``, skip the (N, C) x (C, 4 * C/4) first product: see
+        :func:`_factored_first_product`.
+
         Args:
-            image_tokens: (B, N, C) transformer image tokens, N = h * w.
+            image_tokens: (B, N, C) transformer image tokens, N = h * w, or their factors.
             hyper_in: (B, M, C/8) from :meth:`hypernetwork_weights`.
             grid: (h, w) of the image embedding.
             tile: tokens upscaled at a time.
+            cache: the image's :class:`ImageSideCache`, for factored image tokens.
 
         Returns:
             (B, M, 4h, 4w) mask logits.
         """
         h, w = grid
         b, m, c8 = hyper_in.shape
-        n = image_tokens.shape[1]
         _, norm, act1, _, act2 = self.output_upscaling
         c4 = norm.normalized_shape[0]
         w1, b1, w2, b2 = self.upscaling_matrices()
         exact_gelu = all(isinstance(a, nn.GELU) and a.approximate == "none" for a in (act1, act2))
+        factored = None
+        if isinstance(image_tokens, NormedImage) and image_tokens.base is not None:
+            if cache is not None and cache.upscale_keys is not None:
+                factored = _factored_first_product(image_tokens, cache.upscale_keys, w1, b1)
+        tokens = image_tokens_of(image_tokens)  # (B, N, C)
+        n = tokens.shape[1]
         logits = hyper_in.new_empty((b, m, 16 * n))  # (B, M, 16N) in sub-pixel order
         for i in range(b):
             for s in range(0, n, tile):
                 e = min(s + tile, n)
-                x = torch.addmm(b1, image_tokens[i, s:e], w1).view(4 * (e - s), c4)  # (4t, C/4)
+                if factored is not None:
+                    left, right, scale, const = factored
+                    x = torch.addmm(const, left[i, s:e], right[i])  # (t, 4 * C/4)
+                    x.addcmul_(cache.upscale_keys[s:e], scale[i, s:e])  # type: ignore[union-attr]
+                else:
+                    x = torch.addmm(b1, tokens[i, s:e], w1)  # (t, 4 * C/4)
+                x = x.view(4 * (e - s), c4)  # (4t, C/4)
                 x = F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
                 x = torch.ops.aten.gelu_(x) if exact_gelu else act1(x)
                 x = torch.addmm(b2, x, w2)  # (4t, 4*C/8)
                 x = torch.ops.aten.gelu_(x) if exact_gelu else act2(x)
                 torch.mm(hyper_in[i], x.view(16 * (e - s), c8).t(), out=logits[i, :, 16 * s : 16 * e])  # (M, 16t)
         return logits[:, :, _unshuffle_index(h, w, logits.device)].view(b, m, 4 * h, 4 * w)  # (B, M, 4h, 4w)
+
+
+def _factored_first_product(
+    image: NormedImage, upscale_keys: Tensor, w1: Tensor, b1: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The upscaling's first product ``image.materialized @ w1 + b1`` as a low-rank sum.
+
+    The image tokens are X2 = LN2(X1 + P2^T M2) with X1 = LN1(K + P1^T M1) (K the cache's fixed
+    image side; each LN a per-token standardization with mean mu, inverse std s, then gain g
+    and bias beta). With G = diag(g), W2 = G2 w1 and W12 = G1 W2, expanding both norms gives
+
+        X2 w1 + b1 = s1 s2 * (K W12) + L @ R + (beta2 w1 + b1)
+
+    with L = [s1 s2 P1^T | s2 P2^T | -s1 s2 mu1 | -s2 mu2 | s2] (N, R1 + R2 + 3) and
+    R = [M1 W12; M2 W2; 1^T W12; 1^T W2; beta1 W2] (R1 + R2 + 3, 4 * C/4). K W12 is per image
+    (``upscale_keys``), so per prompt the (N, C) x (C, 4 * C/4) product becomes
+    (N, R1 + R2 + 3) x (R1 + R2 + 3, 4 * C/4), R = 56 for a point prompt, and a scaled add.
+
+    Returns:
+        left (B, N, R'), right (B, R', 4 * C/4), scale (B, N, 1) = s1 s2, const (4 * C/4,).
+    """
+    first = image.base
+    assert first is not None
+    w2g = image.gain[:, None] * w1  # (C, 4C/4)
+    w12g = first.gain[:, None] * w2g  # (C, 4C/4)
+    s2 = image.rstd.transpose(1, 2)  # (B, N, 1)
+    s12 = first.rstd.transpose(1, 2) * s2  # (B, N, 1)
+    left = torch.cat(
+        [
+            first.probs.transpose(1, 2) * s12,  # (B, N, R1)
+            image.probs.transpose(1, 2) * s2,  # (B, N, R2)
+            -first.mean.transpose(1, 2) * s12,  # (B, N, 1)
+            -image.mean.transpose(1, 2) * s2,  # (B, N, 1)
+            s2,  # (B, N, 1)
+        ],
+        dim=2,
+    )  # (B, N, R1 + R2 + 3)
+    b = left.shape[0]
+    fixed = torch.stack([w12g.sum(0), w2g.sum(0), first.bias @ w2g])  # (3, 4C/4)
+    right = torch.cat(
+        [first.mixed @ w12g, image.mixed @ w2g, fixed.expand(b, -1, -1)], dim=1
+    )  # (B, R1 + R2 + 3, 4C/4)
+    return left, right, s12, image.bias @ w1 + b1
 
 
 @functools.lru_cache(maxsize=8)

@@ -323,16 +323,20 @@ class DecoderAttention(nn.Module):
 
 @dataclass
 class NormedImage:
-    """Image tokens LN(K + P^T M) after a cached first layer, with the factors behind them.
+    """Image tokens LN(K + P^T M) after a cached layer, with the factors behind them.
+
+    K is the cache's fixed image side (``ImageSideCache.keys``) after the first layer, or, after
+    the second, the first layer's output (``base``).
 
     Attributes:
         materialized: (B, N, C) the tokens themselves.
-        probs: (B, R, N) first-layer image->token probabilities P.
-        mixed: (B, R, C) first-layer mixed values M (out_proj bias included).
+        probs: (B, R, N) the layer's image->token probabilities P.
+        mixed: (B, R, C) the layer's mixed values M (out_proj bias included).
         mean: (B, 1, N) per-token mean of K + P^T M.
         rstd: (B, 1, N) per-token inverse standard deviation.
         gain: (C,) LayerNorm weight.
         bias: (C,) LayerNorm bias.
+        base: K as a :class:`NormedImage` itself, or None when K is the cache's fixed image side.
     """
 
     materialized: Tensor
@@ -342,6 +346,41 @@ class NormedImage:
     rstd: Tensor
     gain: Tensor
     bias: Tensor
+    base: NormedImage | None = None
+
+    def select(self, index: Tensor) -> NormedImage:
+        """The prompts ``index`` (a (B',) int64 index into B) of every per-prompt factor."""
+        return NormedImage(
+            materialized=self.materialized[index],
+            probs=self.probs[index],
+            mixed=self.mixed[index],
+            mean=self.mean[index],
+            rstd=self.rstd[index],
+            gain=self.gain,
+            bias=self.bias,
+            base=self.base.select(index) if self.base is not None else None,
+        )
+
+    @staticmethod
+    def cat(parts: list[NormedImage]) -> NormedImage:
+        """Concatenate prompt batches (parts of one image and layer)."""
+        first = parts[0]
+        bases = [p.base for p in parts]
+        return NormedImage(
+            materialized=torch.cat([p.materialized for p in parts]),
+            probs=torch.cat([p.probs for p in parts]),
+            mixed=torch.cat([p.mixed for p in parts]),
+            mean=torch.cat([p.mean for p in parts]),
+            rstd=torch.cat([p.rstd for p in parts]),
+            gain=first.gain,
+            bias=first.bias,
+            base=NormedImage.cat(bases) if all(b is not None for b in bases) else None,  # type: ignore[arg-type]
+        )
+
+
+def image_tokens_of(image: Tensor | NormedImage) -> Tensor:
+    """(B, N, C) image tokens, materialized."""
+    return image.materialized if isinstance(image, NormedImage) else image
 
 
 def _per_head_values(weights: Tensor, side: Tensor) -> Tensor:
@@ -424,6 +463,9 @@ class ImageSideCache:
         second_t2i_k, second_t2i_v, second_i2t_q: for the second layer, which sees the image
             tokens as a :class:`NormedImage`: the (nh, hd, N) / (nh, N, hd) / (nh, hd, N)
             projections (without bias) of ``keys`` times the first layer's norm4 weight.
+        upscale_keys: (N, 4 * C/4) ``keys`` times both layers' norm4 weights times the mask
+            decoder's first upscaling matrix (set by ``MaskDecoder.prepare_image``), for
+            upscaling image tokens given as a two-level :class:`NormedImage`.
     """
 
     keys: Tensor
@@ -436,6 +478,7 @@ class ImageSideCache:
     second_t2i_k: Tensor | None = None
     second_t2i_v: Tensor | None = None
     second_i2t_q: Tensor | None = None
+    upscale_keys: Tensor | None = None
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -496,6 +539,7 @@ class TwoWayAttentionBlock(nn.Module):
         query_pe: Tensor,
         cache: ImageSideCache,
         index: int,
+        last: bool = False,
     ) -> tuple[Tensor, Tensor | NormedImage]:
         """:meth:`forward` with the image side's fixed parts taken from ``cache``.
 
@@ -506,10 +550,12 @@ class TwoWayAttentionBlock(nn.Module):
             query_pe: (B, T, C) the original prompt tokens.
             cache: :meth:`TwoWayTransformer.prepare_image` of the image.
             index: this layer's position in the stack.
+            last: this is the last layer of the stack.
 
         Returns:
-            updated queries (B, T, C) and image tokens: (B, N, C), or from the first layer a
-            :class:`NormedImage` when the second layer can use it.
+            updated queries (B, T, C) and image tokens: (B, N, C), or a :class:`NormedImage`
+            from the first layer when the second layer can use it, and from the second layer
+            when it is the last and read the first in factored form (for the upscaling).
         """
         queries = self.token_self_attention(queries, query_pe)
         t2i = self.cross_attn_token_to_image
@@ -533,24 +579,32 @@ class TwoWayAttentionBlock(nn.Module):
             pre, probs, mixed = i2t.image_to_tokens_residual(image, q, queries, cache.first_i2t_q, projected=True)
             if cache.second_t2i_k is None:
                 return queries, self.norm4(pre)
-            norm = self.norm4
-            out, mean, rstd = torch.native_layer_norm(pre, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
-            factored = NormedImage(
-                materialized=out,
-                probs=probs,
-                mixed=mixed,
-                mean=mean.transpose(1, 2),  # (B, 1, N)
-                rstd=rstd.transpose(1, 2),  # (B, 1, N)
-                gain=norm.weight,
-                bias=norm.bias,
-            )
-            return queries, factored
+            return queries, self._normed(pre, probs, mixed, base=None)
         if normed is not None:
             assert cache.second_i2t_q is not None
-            pre, _, _ = i2t.normed_image_to_tokens_residual(normed, q, queries, cache.second_i2t_q, cache.pe_i2t_q[0])
+            pre, probs, mixed = i2t.normed_image_to_tokens_residual(
+                normed, q, queries, cache.second_i2t_q, cache.pe_i2t_q[0]
+            )
+            if last:
+                return queries, self._normed(pre, probs, mixed, base=normed)
         else:
             pre, _, _ = i2t.image_to_tokens_residual(image, q, queries, cache.pe_i2t_q[index - 1], projected=False)
         return queries, self.norm4(pre)
+
+    def _normed(self, pre: Tensor, probs: Tensor, mixed: Tensor, base: NormedImage | None) -> NormedImage:
+        """norm4 of ``pre`` = K + P^T M (B, N, C), kept with its factors and statistics."""
+        norm = self.norm4
+        out, mean, rstd = torch.native_layer_norm(pre, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        return NormedImage(
+            materialized=out,
+            probs=probs,
+            mixed=mixed,
+            mean=mean.transpose(1, 2),  # (B, 1, N)
+            rstd=rstd.transpose(1, 2),  # (B, 1, N)
+            gain=norm.weight,
+            bias=norm.bias,
+            base=base,
+        )
 
     def token_self_attention(self, queries: Tensor, query_pe: Tensor) -> Tensor:
         """Self-attention of the (B, T, C) tokens with residual and norm1."""
@@ -640,7 +694,8 @@ class TwoWayTransformer(nn.Module):
         point_embedding: Tensor,
         cache: ImageSideCache | None = None,
         keep_tokens: int | None = None,
-    ) -> tuple[Tensor, Tensor]:
+        factored: bool = False,
+    ) -> tuple[Tensor, Tensor | NormedImage]:
         """Run the transformer.
 
         Args:
@@ -651,9 +706,12 @@ class TwoWayTransformer(nn.Module):
             keep_tokens: return only the first K output tokens (the decoder reads only its IoU
                 and mask tokens); the final attention, whose queries are independent of each
                 other, then runs only for those.
+            factored: return the image tokens as a :class:`NormedImage` when the cached path
+                produced them in factored form (the mask decoder's upscaling reads the factors).
 
         Returns:
-            tokens (B, K, C) (K = T by default) and image tokens (B, h*w, C).
+            tokens (B, K, C) (K = T by default) and image tokens (B, h*w, C), or with
+            ``factored`` possibly their :class:`NormedImage`.
         """
         b = point_embedding.shape[0]
         if b > PROMPT_CHUNK and not torch.jit.is_tracing():
@@ -670,8 +728,13 @@ class TwoWayTransformer(nn.Module):
                 )
                 for s in range(0, b, PROMPT_CHUNK)
             ]
-            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-        return self._forward(image_embedding, image_pe, point_embedding, cache, keep_tokens)
+            tokens = torch.cat([p[0] for p in parts])
+            images = [p[1] for p in parts]
+            if factored and all(isinstance(i, NormedImage) for i in images):
+                return tokens, NormedImage.cat(images)  # type: ignore[arg-type]
+            return tokens, torch.cat([image_tokens_of(i) for i in images])
+        queries, image = self._forward(image_embedding, image_pe, point_embedding, cache, keep_tokens)
+        return queries, image if factored else image_tokens_of(image)
 
     def _forward(
         self,
@@ -680,15 +743,17 @@ class TwoWayTransformer(nn.Module):
         point_embedding: Tensor,
         cache: ImageSideCache | None,
         keep_tokens: int | None,
-    ) -> tuple[Tensor, Tensor]:
-        """:meth:`forward` for one chunk of prompts."""
+    ) -> tuple[Tensor, Tensor | NormedImage]:
+        """:meth:`forward` for one chunk of prompts (image tokens possibly factored)."""
         queries = point_embedding
         final = self.final_attn_token_to_image
+        image: Tensor | NormedImage | None = None
         if cache is not None:
-            image: Tensor | NormedImage = cache.keys  # (1, N, C)
+            image = cache.keys  # (1, N, C)
+            last = len(self.layers) - 1
             for i, layer in enumerate(self.layers):
-                queries, image = layer.forward_cached(queries, image, point_embedding, cache, i)
-            keys = image.materialized if isinstance(image, NormedImage) else image
+                queries, image = layer.forward_cached(queries, image, point_embedding, cache, i, last=i == last)
+            keys = image_tokens_of(image)
         else:
             assert image_embedding is not None and image_pe is not None
             keys = image_embedding.flatten(2).transpose(1, 2)  # (B, N, C)
@@ -706,6 +771,8 @@ class TwoWayTransformer(nn.Module):
         else:
             attn = final.tokens_to_image(q, keys + key_pe, keys)
         queries = self.norm_final_attn(queries + attn)
+        if isinstance(image, NormedImage):
+            return queries, image
         if keys.shape[0] != queries.shape[0]:  # depth 0 with a shared image: give every prompt its copy
             keys = keys.expand(queries.shape[0], -1, -1)
         return queries, keys
