@@ -5,9 +5,10 @@ Not collected by pytest (a vit_b embedding takes 15-30 s here). Run::
     python tests/server/bench_click_latency.py [--dtype bfloat16] [--n 50] [--browser]
 
 It serves the app on loopback, uploads a 967x546 picture once, then times 1-point multimask
-predicts with PNG output: the HTTP round trip from a Python client (p50/p95, with the
-server's decode/encode split from the Server-Timing header) and, with ``--browser``, the
-page's own click -> mask drawn time in headless Chromium.
+predicts with outlined-PNG output (what the page asks for): the HTTP round trip from a Python
+client (p50/p95, with the server's decode/encode split from the Server-Timing header) and, with
+``--browser``, the page's own click -> mask shown time in headless Chromium (until the frame
+with the mask is rendered), its phases, and the server's share of the browser's requests.
 """
 
 from __future__ import annotations
