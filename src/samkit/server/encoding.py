@@ -42,6 +42,42 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
+def _png_file(
+    packed: np.ndarray,
+    width: int,
+    bit_depth: int,
+    colour_type: int,
+    chunks: tuple[bytes, ...],
+    strategy: int = zlib.Z_DEFAULT_STRATEGY,
+) -> bytes:
+    """A whole PNG from packed scanlines.
+
+    Args:
+        packed: (H, bytes per row) uint8 scanlines, without the filter byte.
+        width: pixels per row.
+        bit_depth, colour_type: the IHDR fields.
+        chunks: chunks between IHDR and IDAT (PLTE, tRNS), already framed.
+        strategy: the zlib strategy of the IDAT deflate.
+    """
+    height = packed.shape[0]
+    rows = np.zeros((height, packed.shape[1] + 1), dtype=np.uint8)  # (H, 1 + bytes per row)
+    rows[:, 1:] = packed  # column 0: filter type 0 (None) for every scanline
+    compressor = zlib.compressobj(_PNG_COMPRESS_LEVEL, zlib.DEFLATED, 15, 8, strategy)
+    pixels = compressor.compress(rows.tobytes()) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)  # no interlace
+    return b"".join(
+        (_PNG_SIGNATURE, _png_chunk(b"IHDR", header), *chunks, _png_chunk(b"IDAT", pixels), _png_chunk(b"IEND", b""))
+    )
+
+
+def _nonempty_mask(mask: np.ndarray) -> np.ndarray:
+    """:func:`_check_mask`, refusing a mask without pixels."""
+    mask = _check_mask(mask)
+    if mask.shape[0] == 0 or mask.shape[1] == 0:
+        raise ValueError(f"mask: empty mask of shape {mask.shape}")
+    return mask
+
+
 def mask_to_png(mask: np.ndarray, *, transparent_background: bool = False) -> bytes:
     """Encode a mask as a 1-bit greyscale PNG (0 = black background, 1 = white object).
 
@@ -57,23 +93,10 @@ def mask_to_png(mask: np.ndarray, *, transparent_background: bool = False) -> by
     Returns:
         The PNG file bytes.
     """
-    mask = _check_mask(mask)
-    height, width = mask.shape
-    if height == 0 or width == 0:
-        raise ValueError(f"mask: empty mask of shape {mask.shape}")
+    mask = _nonempty_mask(mask)
     packed = np.packbits(mask, axis=1)  # (H, ceil(W / 8)) uint8, MSB first as PNG wants
-    rows = np.zeros((height, packed.shape[1] + 1), dtype=np.uint8)  # (H, 1 + ceil(W / 8))
-    rows[:, 1:] = packed  # column 0: filter type 0 (None) for every scanline
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale, no interlace
-    return b"".join(
-        (
-            _PNG_SIGNATURE,
-            _png_chunk(b"IHDR", header),
-            _png_chunk(b"tRNS", struct.pack(">H", 0)) if transparent_background else b"",
-            _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), _PNG_COMPRESS_LEVEL)),
-            _png_chunk(b"IEND", b""),
-        )
-    )
+    transparency = (_png_chunk(b"tRNS", struct.pack(">H", 0)),) if transparent_background else ()
+    return _png_file(packed, mask.shape[1], 1, 0, transparency)  # 1-bit greyscale
 
 
 def mask_to_png_base64(mask: np.ndarray, *, transparent_background: bool = False) -> str:
@@ -132,10 +155,8 @@ def mask_to_outlined_png(mask: np.ndarray) -> bytes:
     Returns:
         The PNG file bytes.
     """
-    mask = _check_mask(mask)
-    height, width = mask.shape
-    if height == 0 or width == 0:
-        raise ValueError(f"mask: empty mask of shape {mask.shape}")
+    mask = _nonempty_mask(mask)
+    width = mask.shape[1]
     interior = _interior(mask)
     outline = mask & ~interior
     # A 2-bit pixel is (outline bit, interior bit). Pack each plane 8 pixels per byte, then
@@ -143,22 +164,12 @@ def mask_to_outlined_png(mask: np.ndarray) -> bytes:
     spread = _spread_bits()
     pairs = (spread[np.packbits(outline, axis=1)] << 1) | spread[np.packbits(interior, axis=1)]  # (H, ceil(W / 8))
     packed = pairs.astype(">u2").view(np.uint8)[:, : -(-width // 4)]  # (H, ceil(W / 4)) big-endian bytes
-    rows = np.zeros((height, packed.shape[1] + 1), dtype=np.uint8)  # (H, 1 + ceil(W / 4))
-    rows[:, 1:] = packed  # column 0: filter type 0 (None) for every scanline
-    # Run-length deflate: as small as level 1 on masks, and 2x faster on ragged ones.
-    compressor = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
-    pixels = compressor.compress(rows.tobytes()) + compressor.flush()
-    header = struct.pack(">IIBBBBB", width, height, 2, 3, 0, 0, 0)  # 2-bit indexed colour, no interlace
-    return b"".join(
-        (
-            _PNG_SIGNATURE,
-            _png_chunk(b"IHDR", header),
-            _png_chunk(b"PLTE", bytes((0, 0, 0, 255, 255, 255, 255, 255, 255))),
-            _png_chunk(b"tRNS", bytes((0, 255, 255))),
-            _png_chunk(b"IDAT", pixels),
-            _png_chunk(b"IEND", b""),
-        )
+    palette = (
+        _png_chunk(b"PLTE", bytes((0, 0, 0, 255, 255, 255, 255, 255, 255))),
+        _png_chunk(b"tRNS", bytes((0, 255, 255))),
     )
+    # Run-length deflate: as small as level 1 on masks, and 2x faster on ragged ones.
+    return _png_file(packed, width, 2, 3, palette, zlib.Z_RLE)  # 2-bit indexed colour
 
 
 def mask_to_outlined_png_base64(mask: np.ndarray) -> str:
