@@ -23,6 +23,7 @@ __all__ = [
     "SamConfig",
     "VARIANTS",
     "load_image",
+    "keep_freed_memory",
     "__version__",
 ]
 
@@ -35,9 +36,11 @@ _LAZY = {
     "SamConfig": ("samkit.config", "SamConfig"),
     "VARIANTS": ("samkit.config", "VARIANTS"),
     "load_image": ("samkit.io", "load_image"),
+    "keep_freed_memory": ("samkit.allocator", "keep_freed_memory"),
 }
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .allocator import keep_freed_memory
     from .build import build_sam, sam_model_registry
     from .config import VARIANTS, SamConfig
     from .everything import SamAutomaticMaskGenerator

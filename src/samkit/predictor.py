@@ -21,7 +21,7 @@ from torch import Tensor
 from .io import to_rgb_uint8
 from .modeling import ImageSideCache, Sam
 from .prompts import as_boxes, as_labels, as_mask_input, as_points
-from .transforms import ResizeLongestSide, map_boxes, map_coords, postprocess_masks
+from .transforms import ResizeLongestSide, map_boxes, map_coords, postprocess_masks, postprocess_to_masks
 
 __all__ = ["SamPredictor"]
 
@@ -257,8 +257,12 @@ class SamPredictor:
             multimask_output=multimask_output,
             cache=self._cache,
         )
-        logits = postprocess_masks(low_res, self.input_size, self.original_size, self.model.img_size)
-        masks = logits if return_logits else logits > self.model.mask_threshold
+        if return_logits:
+            masks = postprocess_masks(low_res, self.input_size, self.original_size, self.model.img_size)
+        else:
+            masks = postprocess_to_masks(
+                low_res, self.input_size, self.original_size, self.model.img_size, self.model.mask_threshold
+            )
         return masks, iou, low_res
 
 

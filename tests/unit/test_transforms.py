@@ -19,6 +19,7 @@ from samkit.transforms import (
     map_coords_torch,
     normalize_and_pad,
     postprocess_masks,
+    postprocess_to_masks,
     preprocess_shape,
     resize_longest_side,
 )
@@ -72,6 +73,21 @@ def test_postprocess_masks_small_model(original_size: tuple[int, int]) -> None:
     input_size = preprocess_shape(*original_size, 320)
     actual = postprocess_masks(low_res, input_size, original_size, 320)
     _assert_close_scaled(actual, _official_postprocess(low_res, input_size, original_size, 320), 1e-6)
+
+
+@pytest.mark.parametrize("original_size", [(546, 967), (37, 11), (1200, 900)])
+def test_postprocess_to_masks_equals_thresholded_logits(original_size: tuple[int, int]) -> None:
+    """The chunked boolean path gives exactly ``postprocess_masks(...) > threshold``, for any
+    leading shape and a chunk that does not divide the number of masks."""
+    g = torch.Generator().manual_seed(7)
+    low_res = torch.randn(2, 3, 256, 256, generator=g) * 4  # (B, M, 256, 256)
+    input_size = preprocess_shape(*original_size, 1024)
+    logits = postprocess_masks(low_res, input_size, original_size, 1024)
+    for threshold, chunk in ((0.0, 4), (0.5, 1), (-1.0, 6)):
+        masks = postprocess_to_masks(low_res, input_size, original_size, 1024, threshold, chunk=chunk)
+        assert masks.dtype == torch.bool and masks.shape == (2, 3, *original_size)
+        assert torch.equal(masks, logits > threshold)
+    assert 0 < int(masks.sum()) < masks.numel()  # both sides of the threshold occur
 
 
 def test_postprocess_masks_float64_stays_float64() -> None:

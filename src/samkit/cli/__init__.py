@@ -52,9 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from ..allocator import keep_freed_memory
     from ..io import ImageReadError
     from ..weights import CheckpointError
 
+    # The command line owns its process: let freed tensors' memory be reused, not re-mapped.
+    keep_freed_memory()
     try:
         return int(args.func(args) or 0)
     except (UserError, CheckpointError, ImageReadError, ValueError, TypeError, FileNotFoundError) as exc:

@@ -246,10 +246,18 @@ def stability_bounds(
 
     high = window_max(x)  # window maxima
     low = -window_max(-x)  # window minima
-    above_high = (high > thresholds[0] - margin).double()  # (N, rows, cols)
-    above_low = (low > thresholds[1] + margin).double()
-    upper = torch.einsum("nrc,r,c->n", above_high, count_y.to(x.device), count_x.to(x.device))  # (N,)
-    lower = torch.einsum("nrc,r,c->n", above_low, count_y.to(x.device), count_x.to(x.device))  # (N,)
+    # Counts are integers: float32 sums are exact while they stay below 2**24 (the pixel count).
+    count_dtype = torch.float32 if original_size[0] * original_size[1] < 2**24 else torch.float64
+    weight_y, weight_x = count_y.to(x.device, count_dtype), count_x.to(x.device, count_dtype)
+    n = x.shape[0]
+
+    def weighted_count(above: Tensor) -> Tensor:
+        """(N, rows, cols) bool -> (N,) float64 sum of count_y[r] * count_x[c] where set."""
+        per_row = above.to(count_dtype).view(n * rows, cols) @ weight_x  # (N*rows,)
+        return (per_row.view(n, rows) @ weight_y).double()  # (N,)
+
+    upper = weighted_count(high > thresholds[0] - margin)  # (N,)
+    lower = weighted_count(low > thresholds[1] + margin)  # (N,)
     unknown = x.isnan().flatten(1).any(1)  # (N,) NaN logits: no bound, never pruned
     upper = torch.where(unknown, math.inf, upper)
     lower = torch.where(unknown, 0.0, lower)

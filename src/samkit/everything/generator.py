@@ -55,8 +55,9 @@ logger = logging.getLogger(__name__)
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle", "polygons")
 
-# Upscaled logits are processed this many float32 pixels at a time (~128 MB).
-_CHUNK_PIXELS = 1 << 25
+# Upscaled logits are processed this many float32 pixels at a time (8 MB: a few masks that stay
+# in the CPU cache, and blocks the allocator reuses instead of mapping afresh).
+_CHUNK_PIXELS = 1 << 21
 
 
 def _count_above(logits: Tensor, thresholds: tuple[float, float]) -> tuple[Tensor, Tensor]:

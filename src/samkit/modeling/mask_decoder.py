@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..config import MaskDecoderConfig
 from .common import MLP, LayerNorm2d
-from .transformer import ImageSideCache, NormedImage, TwoWayTransformer, image_tokens_of
+from .transformer import PROMPT_CHUNK, ImageSideCache, NormedImage, TwoWayTransformer, image_tokens_of
 
 __all__ = ["MaskDecoder"]
 
@@ -91,6 +91,21 @@ class MaskDecoder(nn.Module):
             mask logits (B, M, 4h, 4w) and IoU predictions (B, M), M = 3 or 1.
         """
         b = sparse_prompt_embeddings.shape[0]
+        if cache is not None and b > PROMPT_CHUNK and not torch.jit.is_tracing():
+            # End to end a few prompts at a time: each prompt's image tokens (and their factors)
+            # are ~8 MB, upscaled while they are in the CPU cache and never concatenated.
+            parts = [
+                self.forward(
+                    image_embeddings,
+                    image_pe,
+                    sparse_prompt_embeddings[s : s + PROMPT_CHUNK],
+                    dense_prompt_embeddings,
+                    multimask_output,
+                    cache=cache,
+                )
+                for s in range(0, b, PROMPT_CHUNK)
+            ]
+            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         dtype = sparse_prompt_embeddings.dtype
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0).to(dtype)  # (1+M, C)
         tokens = torch.cat([output_tokens.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings], dim=1)  # (B, 1+M+T, C)

@@ -152,6 +152,9 @@ class _RayWorker:
     """Actor body: one :class:`ImageProcessor` (one model replica) per actor process."""
 
     def __init__(self, processor_kwargs: dict[str, Any]) -> None:
+        from ..allocator import keep_freed_memory
+
+        keep_freed_memory()  # the actor process is ours alone
         self.processor = ImageProcessor(**processor_kwargs)
 
     def process(self, item: WorkItem) -> ImageResult:
