@@ -237,32 +237,36 @@ def _factored_first_product(
     R = [M1 W12; M2 W2; 1^T W12; 1^T W2; beta1 W2] (R1 + R2 + 3, 4 * C/4). K W12 is per image
     (``upscale_keys``), so per prompt the (N, C) x (C, 4 * C/4) product becomes
     (N, R1 + R2 + 3) x (R1 + R2 + 3, 4 * C/4), R = 56 for a point prompt, and a scaled add.
+    L is built as L^T, in the (B, R, N) layout the factors already have (no transposing
+    copy), and returned as a transposed view, which the matrix product reads as it is.
 
     Returns:
-        left (B, N, R'), right (B, R', 4 * C/4), scale (B, N, 1) = s1 s2, const (4 * C/4,).
+        left (B, N, R') (a transposed view), right (B, R', 4 * C/4), scale (B, N, 1) = s1 s2,
+        const (4 * C/4,).
     """
     first = image.base
     assert first is not None
     w2g = image.gain[:, None] * w1  # (C, 4C/4)
     w12g = first.gain[:, None] * w2g  # (C, 4C/4)
-    s2 = image.rstd.transpose(1, 2)  # (B, N, 1)
-    s12 = first.rstd.transpose(1, 2) * s2  # (B, N, 1)
-    left = torch.cat(
+    s2 = image.rstd  # (B, 1, N)
+    s12 = first.rstd * s2  # (B, 1, N)
+    left_t = torch.cat(
         [
-            first.probs.transpose(1, 2) * s12,  # (B, N, R1)
-            image.probs.transpose(1, 2) * s2,  # (B, N, R2)
-            -first.mean.transpose(1, 2) * s12,  # (B, N, 1)
-            -image.mean.transpose(1, 2) * s2,  # (B, N, 1)
-            s2,  # (B, N, 1)
+            first.probs * s12,  # (B, R1, N)
+            image.probs * s2,  # (B, R2, N)
+            -first.mean * s12,  # (B, 1, N)
+            -image.mean * s2,  # (B, 1, N)
+            s2,  # (B, 1, N)
         ],
-        dim=2,
-    )  # (B, N, R1 + R2 + 3)
+        dim=1,
+    )  # (B, R1 + R2 + 3, N)
+    left = left_t.transpose(1, 2)  # (B, N, R1 + R2 + 3)
     b = left.shape[0]
     fixed = torch.stack([w12g.sum(0), w2g.sum(0), first.bias @ w2g])  # (3, 4C/4)
     right = torch.cat(
         [first.mixed @ w12g, image.mixed @ w2g, fixed.expand(b, -1, -1)], dim=1
     )  # (B, R1 + R2 + 3, 4C/4)
-    return left, right, s12, image.bias @ w1 + b1
+    return left, right, s12.transpose(1, 2), image.bias @ w1 + b1
 
 
 @functools.lru_cache(maxsize=8)

@@ -11,6 +11,7 @@ computed once per image instead of once per prompt.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -219,8 +220,12 @@ class DecoderAttention(nn.Module):
             _add_matmul_transposed_(scores.add_(offset), folded, image)  # (B, nh*T, N)
         return self._attend_tokens_residual(image, scores, tokens_v)
 
-    def _attend_tokens_residual(self, image: Tensor, scores: Tensor, tokens_v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _attend_tokens_residual(
+        self, image: Tensor, scores: Tensor, tokens_v: Tensor, *, in_place: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Shared tail of the image->token paths: (B, nh*T, N) scores -> ``image + attention``.
+
+        With ``in_place`` the attention is added into ``image`` (a (B, N, C) tensor of its own).
 
         Returns:
             (B, N, C) ``image + attention``, (B, nh*T, N) probabilities, (B, nh*T, C) mixed values.
@@ -237,6 +242,8 @@ class DecoderAttention(nn.Module):
         # Each head's probabilities sum to 1 over its T tokens, so out_proj's bias, spread as
         # bias / nh over every mixed row, comes out exactly once per image token.
         mixed = mixed + self.out_proj.bias / nh
+        if in_place:
+            return image.baddbmm_(probs.transpose(1, 2), mixed), probs, mixed  # (B, N, C), ...
         return torch.baddbmm(image, probs.transpose(1, 2), mixed), probs, mixed  # (B, N, C), ...
 
     # Factored paths for the layer after a cached first layer, whose image tokens are
@@ -299,7 +306,14 @@ class DecoderAttention(nn.Module):
         return self.out_proj(out.reshape(b, t, nh * hd))
 
     def normed_image_to_tokens_residual(
-        self, normed: NormedImage, tokens_k: Tensor, tokens_v: Tensor, kg_q: Tensor, pe_q: Tensor
+        self,
+        normed: NormedImage,
+        tokens_k: Tensor,
+        tokens_v: Tensor,
+        kg_q: Tensor,
+        pe_q: Tensor,
+        *,
+        in_place: bool = False,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """:meth:`image_to_tokens_residual` on image tokens given as a :class:`NormedImage`.
 
@@ -309,7 +323,10 @@ class DecoderAttention(nn.Module):
             tokens_v: (B, T, C) values (before ``v_proj``).
             kg_q: (nh, hd, N) ``q_proj`` (without bias) of the fixed image side times the gain.
             pe_q: (nh, hd, N) ``q_proj`` of the positional encoding, without bias.
+            in_place: add the attention into ``normed.materialized`` itself (which then no
+                longer holds the normalized tokens) instead of a new tensor.
         """
+        assert normed.materialized is not None
         b, t, _ = tokens_k.shape
         nh = self.num_heads
         hd = self.internal_dim // nh
@@ -318,7 +335,7 @@ class DecoderAttention(nn.Module):
         bias_term = torch.einsum("bthd,hd->bht", k.view(b, t, nh, hd), self.q_proj.bias.view(nh, hd))
         scores.add_(row_constant + bias_term.reshape(b, nh * t, 1))  # softmax over T: these matter
         scores.add_(_per_head_scores(k, pe_q))
-        return self._attend_tokens_residual(normed.materialized, scores, tokens_v)
+        return self._attend_tokens_residual(normed.materialized, scores, tokens_v, in_place=in_place)
 
 
 @dataclass
@@ -329,7 +346,8 @@ class NormedImage:
     the second, the first layer's output (``base``).
 
     Attributes:
-        materialized: (B, N, C) the tokens themselves.
+        materialized: (B, N, C) the tokens themselves; None for a ``base`` whose tensor the
+            next layer reused for its own residual (only the factors are read then).
         probs: (B, R, N) the layer's image->token probabilities P.
         mixed: (B, R, C) the layer's mixed values M (out_proj bias included).
         mean: (B, 1, N) per-token mean of K + P^T M.
@@ -339,7 +357,7 @@ class NormedImage:
         base: K as a :class:`NormedImage` itself, or None when K is the cache's fixed image side.
     """
 
-    materialized: Tensor
+    materialized: Tensor | None
     probs: Tensor
     mixed: Tensor
     mean: Tensor
@@ -351,7 +369,7 @@ class NormedImage:
     def select(self, index: Tensor) -> NormedImage:
         """The prompts ``index`` (a (B',) int64 index into B) of every per-prompt factor."""
         return NormedImage(
-            materialized=self.materialized[index],
+            materialized=self.materialized[index] if self.materialized is not None else None,
             probs=self.probs[index],
             mixed=self.mixed[index],
             mean=self.mean[index],
@@ -367,7 +385,7 @@ class NormedImage:
         first = parts[0]
         bases = [p.base for p in parts]
         return NormedImage(
-            materialized=torch.cat([p.materialized for p in parts]),
+            materialized=_cat_or_none([p.materialized for p in parts]),
             probs=torch.cat([p.probs for p in parts]),
             mixed=torch.cat([p.mixed for p in parts]),
             mean=torch.cat([p.mean for p in parts]),
@@ -378,9 +396,20 @@ class NormedImage:
         )
 
 
+def _cat_or_none(tensors: list[Tensor | None]) -> Tensor | None:
+    """torch.cat of the tensors, or None when any is None."""
+    if any(t is None for t in tensors):
+        return None
+    return torch.cat(tensors)  # type: ignore[arg-type]
+
+
 def image_tokens_of(image: Tensor | NormedImage) -> Tensor:
     """(B, N, C) image tokens, materialized."""
-    return image.materialized if isinstance(image, NormedImage) else image
+    if isinstance(image, NormedImage):
+        if image.materialized is None:
+            raise ValueError("these image tokens were only kept in factored form")
+        return image.materialized
+    return image
 
 
 def _per_head_values(weights: Tensor, side: Tensor) -> Tensor:
@@ -561,7 +590,7 @@ class TwoWayAttentionBlock(nn.Module):
         t2i = self.cross_attn_token_to_image
         i2t = self.cross_attn_image_to_token
         normed = keys if isinstance(keys, NormedImage) else None
-        image = normed.materialized if normed is not None else keys
+        image = image_tokens_of(keys)
         q = queries + query_pe
         if index == 0:
             attn = t2i.tokens_to_cached_image(q, cache.first_t2i_k, cache.first_t2i_v)
@@ -582,11 +611,13 @@ class TwoWayAttentionBlock(nn.Module):
             return queries, self._normed(pre, probs, mixed, base=None)
         if normed is not None:
             assert cache.second_i2t_q is not None
+            # The last layer's residual goes into the first layer's output tensor, which
+            # nothing reads afterwards (the upscaling reads only its factors).
             pre, probs, mixed = i2t.normed_image_to_tokens_residual(
-                normed, q, queries, cache.second_i2t_q, cache.pe_i2t_q[0]
+                normed, q, queries, cache.second_i2t_q, cache.pe_i2t_q[0], in_place=last
             )
             if last:
-                return queries, self._normed(pre, probs, mixed, base=normed)
+                return queries, self._normed(pre, probs, mixed, base=dataclasses.replace(normed, materialized=None))
         else:
             pre, _, _ = i2t.image_to_tokens_residual(image, q, queries, cache.pe_i2t_q[index - 1], projected=False)
         return queries, self.norm4(pre)
