@@ -16,10 +16,14 @@ __all__ = ["map_boxes", "map_coords", "preprocess_shape", "resize_longest_side"]
 
 
 def preprocess_shape(old_h: int, old_w: int, long_side: int) -> tuple[int, int]:
-    """(H, W) of an image resized so its longest side is ``long_side`` (round half up)."""
+    """(H, W) of an image resized so its longest side is ``long_side`` (round half up).
+
+    A side is never rounded down to 0: an image more than ``2 * long_side`` times longer than
+    it is wide keeps one row (or column), where the official pipeline fails on an empty resize.
+    """
     scale = long_side * 1.0 / max(old_h, old_w)
     new_h, new_w = old_h * scale, old_w * scale
-    return int(new_h + 0.5), int(new_w + 0.5)
+    return max(1, int(new_h + 0.5)), max(1, int(new_w + 0.5))
 
 
 def resize_longest_side(image: np.ndarray, long_side: int) -> np.ndarray:

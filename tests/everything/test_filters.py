@@ -99,5 +99,11 @@ def test_grids_and_crop_boxes_equal_reference() -> None:
     for size in ((546, 967), (1500, 1000), (7, 10)):
         for layers in (0, 1, 2):
             assert generate_crop_boxes(size, layers, 512 / 1500) == amg.generate_crop_boxes(size, layers, 512 / 1500)
+    # A 2x3 image: layer 2's four crops a side run off the edge; the empty ones are left out.
+    ours_tiny = generate_crop_boxes((2, 3), 2, 512 / 1500)
+    ref_tiny = amg.generate_crop_boxes((2, 3), 2, 512 / 1500)
+    assert ours_tiny[0] == [b for b in ref_tiny[0] if b[2] > b[0] and b[3] > b[1]]
+    assert len(ours_tiny[0]) < len(ref_tiny[0])
+    assert all(0 <= x0 < x1 <= 3 and 0 <= y0 < y1 <= 2 for x0, y0, x1, y1 in ours_tiny[0])
     with pytest.raises(ValueError, match="crop layer 2"):
         build_all_layer_point_grids(3, 2, 2)

@@ -111,3 +111,17 @@ def test_point_grids_and_image_types(model: Any) -> None:
 
     again = gen.generate(Image.fromarray(image))
     assert [r["area"] for r in again] == [r["area"] for r in records]
+
+
+@pytest.mark.parametrize("size", [(2, 3), (1, 700)], ids=["2x3", "1x700"])
+def test_tiny_and_thin_images_with_crop_layers(model: Any, size: tuple[int, int]) -> None:
+    """Images a few pixels across: deep crop layers' empty crops are skipped, thin sides keep a row."""
+    gen = SamAutomaticMaskGenerator(
+        model, points_per_side=2, crop_n_layers=2, pred_iou_thresh=0.0, stability_score_thresh=0.0
+    )
+    records = gen.generate(make_image(*size, seed=5))
+    for r in records:
+        assert r["segmentation"].shape == size
+        x0, y0, w, h = r["crop_box"]
+        assert w > 0 and h > 0 and x0 + w <= size[1] and y0 + h <= size[0]
+    assert gen.last_stats["prompts"] > 0

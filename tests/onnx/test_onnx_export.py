@@ -234,3 +234,18 @@ def test_traceable_attention_equals_runtime_attention() -> None:
         )
         got = traced(q, k, v)
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_decoder_keeps_one_row_of_a_very_thin_image(tiny256: Exported) -> None:
+    """orig_im_size 1 x 1000 at img_size 256: the crop keeps 1 row (the official graph keeps 0)."""
+    rng = np.random.default_rng(13)
+    embedding = rng.standard_normal((1, 32, 16, 16)).astype(np.float32)
+    orig_size = (1, 1000)
+    masks, _, low_res = session(tiny256.path("decoder.onnx")).run(
+        list(DECODER_OUTPUTS), decoder_feed(tiny256, embedding, [[500.0, 0.5], [0.0, 0.0]], [1.0, -1.0], orig_size)
+    )
+    assert masks.shape == (1, 4, *orig_size)
+    input_size = preprocess_shape(*orig_size, tiny256.sam.img_size)
+    assert input_size == (1, 256)
+    expected = postprocess_masks(torch.from_numpy(low_res), input_size, orig_size, tiny256.sam.img_size)
+    assert_logits_close(masks, expected.numpy(), what="1 x 1000 masks")

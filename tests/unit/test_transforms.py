@@ -109,14 +109,29 @@ def test_resize_longest_side_equals_official_apply_image(size: tuple[int, int]) 
 
 
 def test_preprocess_shape_equals_official() -> None:
+    clamped = 0
     for long_side in (1024, 320, 256):
         for h in list(range(1, 60)) + [546, 967, 1000, 1023, 1024, 1025, 2000, 2999, 3000, 4321]:
             for w in (1, 2, 3, 7, 10, 480, 511, 967, 1024, 3000):
-                assert preprocess_shape(h, w, long_side) == OfficialResize.get_preprocess_shape(h, w, long_side), (
-                    h,
-                    w,
-                    long_side,
-                )
+                official = OfficialResize.get_preprocess_shape(h, w, long_side)
+                # The official rounds a very thin side to 0 (and then fails to resize); samkit keeps 1.
+                expected = (max(1, official[0]), max(1, official[1]))
+                clamped += expected != official
+                assert preprocess_shape(h, w, long_side) == expected, (h, w, long_side)
+    assert clamped > 0  # the grid does reach the thin cases
+
+
+def test_very_thin_image_keeps_one_row() -> None:
+    """A 1 x 3000 strip resizes to 1 x 1024 (not 0 rows) and its masks map back to 1 x 3000."""
+    image = np.random.default_rng(0).integers(0, 256, size=(1, 3000, 3), dtype=np.uint8)
+    resized = resize_longest_side(image, 1024)
+    assert resized.shape == (1, 1024, 3)
+    low_res = torch.randn(1, 1, 256, 256, generator=torch.Generator().manual_seed(2)) * 8
+    input_size = preprocess_shape(1, 3000, 1024)
+    logits = postprocess_masks(low_res, input_size, (1, 3000), 1024)
+    assert logits.shape == (1, 1, 1, 3000)
+    _assert_close_scaled(logits, _official_postprocess(low_res, input_size, (1, 3000), 1024), 1e-6)
+    assert torch.equal(postprocess_to_masks(low_res, input_size, (1, 3000), 1024), logits > 0)
 
 
 @pytest.mark.parametrize("original_size", SIZES, ids=[f"{h}x{w}" for h, w in SIZES])

@@ -75,7 +75,8 @@ def generate_crop_boxes(
 
     Returns:
         boxes as ``[x0, y0, x1, y1]`` (x1, y1 exclusive) and the layer index of each box.
-        Within a layer boxes are ordered by x0, then y0.
+        Within a layer boxes are ordered by x0, then y0. Empty boxes (deep layers on images a few
+        pixels wide) are left out.
     """
     im_h, im_w = int(image_size[0]), int(image_size[1])
     short_side = min(im_h, im_w)
@@ -90,6 +91,11 @@ def generate_crop_boxes(
         y0s = [int((crop_h - overlap) * i) for i in range(per_side)]
         for x0 in x0s:
             for y0 in y0s:
-                boxes.append([x0, y0, min(x0 + crop_w, im_w), min(y0 + crop_h, im_h)])
+                x1, y1 = min(x0 + crop_w, im_w), min(y0 + crop_h, im_h)
+                if x1 <= x0 or y1 <= y0:
+                    # Only on images a few pixels wide, where deep layers run off the edge (the
+                    # official generator would fail on the empty crop).
+                    continue
+                boxes.append([x0, y0, x1, y1])
                 layers.append(i_layer + 1)
     return boxes, layers

@@ -145,13 +145,13 @@ class DecoderForExport(nn.Module):
         """Low-res logits -> (B, M, H, W) logits at ``orig_im_size`` (official two-step math).
 
         Bilinear to S x S, crop the resized-image area, bilinear to the original size.
-        The crop size is computed in float64 like :func:`samkit.geometry.preprocess_shape`.
+        The crop size is computed in float64 like :func:`samkit.geometry.preprocess_shape` (at least 1).
         """
         s = self.img_size
         x = F.interpolate(low_res, size=(s, s), mode="bilinear", align_corners=False)  # (B, M, S, S)
         size = orig_im_size.to(torch.float64)
         scale = s / torch.max(size)
-        resized = torch.floor(size * scale + 0.5).to(torch.int64)  # (2,) (h, w)
+        resized = torch.floor(size * scale + 0.5).clamp_min(1).to(torch.int64)  # (2,) (h, w), never 0
         x = x[:, :, : resized[0], : resized[1]]  # (B, M, h, w)
         out_hw = orig_im_size.to(torch.int64)
         return F.interpolate(x, size=(out_hw[0], out_hw[1]), mode="bilinear", align_corners=False)  # (B, M, H, W)
