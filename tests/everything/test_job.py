@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +159,9 @@ def test_collect_inputs(images: Path, tmp_path: Path) -> None:
         collect_inputs([tmp_path / "missing.png"])
 
 
-def test_cli(tiny_model: Any, images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+def test_cli(
+    tiny_model: Any, images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any, caplog: Any
+) -> None:
     """The real command line, with the model builder swapped for the tiny random model."""
     from samkit import build as build_module
     from samkit.cli import main
@@ -176,6 +179,9 @@ def test_cli(tiny_model: Any, images: Path, tmp_path: Path, monkeypatch: pytest.
     assert main(args) == 1  # two unreadable files
     captured = capsys.readouterr()
     assert "skipped" in captured.err and "notes.txt" in captured.err and "broken.jpg" in captured.err
+    # Reported once: the CLI prints each failure; the job's log has it below WARNING.
+    assert sum("notes.txt" in line for line in captured.err.splitlines()) == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "notes.txt" in r.getMessage()]
     assert "3 image(s) segmented" in captured.out and "2 failed" in captured.out
     assert built == [("vit_b", None, "float32")]
     COCO(str(out / "annotations.json"))
@@ -185,6 +191,10 @@ def test_cli(tiny_model: Any, images: Path, tmp_path: Path, monkeypatch: pytest.
     assert "no such file" in capsys.readouterr().err
     assert main(["everything", str(images), "--out", str(out), "--points-per-side", "0"]) == 2
     assert "points_per_side" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["everything", str(empty), "--out", str(tmp_path / "from-empty"), "--no-progress"]) == 0
+    assert "hold no files" in capsys.readouterr().err
 
 
 def test_overlay_colours_distinct(tiny_model: Any, tmp_path: Path) -> None:

@@ -74,9 +74,11 @@ def run(args: argparse.Namespace) -> int:
 
     kwargs = generator_kwargs(args)
     try:
-        collect_inputs(args.inputs)  # fail fast on inputs that name nothing, before loading the model
+        found = collect_inputs(args.inputs)  # fail fast on inputs that name nothing, before loading the model
     except FileNotFoundError as exc:
         raise UserError(str(exc)) from None
+    if not found:
+        print("samkit everything: warning: the inputs hold no files (empty folders?)", file=sys.stderr)
     engine = engine_kwargs(args)  # checks --workers / --ray-address / --threads and that Ray is there
     checkpoint = None if args.checkpoint is None else str(existing_file(args.checkpoint, "--checkpoint").resolve())
     # The same signature for both engines: it is recorded in the outputs, which do not depend on the engine.

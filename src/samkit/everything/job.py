@@ -402,7 +402,7 @@ def run_everything(
     """Segment every input image and write the outputs; resumable.
 
     Images whose outputs are already complete (same settings) are skipped; a file that cannot be
-    read as an image is reported (``on_failure``, and the log) and skipped. Whatever the engine,
+    read as an image is reported (to ``on_failure`` when given, else as a log warning) and skipped. Whatever the engine,
     this process writes every output file (so an image's outputs are written once even when an
     engine retries it) and the files do not depend on the engine, given the same model, device
     and torch thread count.
@@ -416,7 +416,7 @@ def run_everything(
         overlay: also write an overlay picture per image.
         signature: settings recorded in the done-markers (a change invalidates earlier outputs).
         progress: show progress bars (images, and prompt batches within an image).
-        on_failure: called with each failed task and the reason.
+        on_failure: called with each failed task and the reason (the log then has it at INFO).
         engine: where :func:`segment_task` runs (default: ``local_engine(generator)``); e.g.
             ``samkit.scale.everything_engine.ray_everything_engine(...)``. Not called when
             every image is complete.
@@ -456,9 +456,11 @@ def run_everything(
             if isinstance(outcome, TaskFailure):
                 summary.failed += 1
                 summary.failures.append((str(outcome.task.path), outcome.reason))
-                logger.warning("skipped %s: %s", outcome.task.path, outcome.reason)
-                if on_failure is not None:
+                if on_failure is not None:  # the caller reports it (the CLI prints it once)
+                    logger.info("skipped %s: %s", outcome.task.path, outcome.reason)
                     on_failure(outcome.task, outcome.reason)
+                else:
+                    logger.warning("skipped %s: %s", outcome.task.path, outcome.reason)
             else:
                 writer.write(outcome)
                 summary.done += 1
