@@ -39,6 +39,9 @@ def run(args: argparse.Namespace) -> int:
 
     engine = engine_kwargs(args)
     factory, job_id = model_factory(args)
-    summary = run_job("embed", args.inputs, args.out, model_factory=factory, job_id=job_id, **engine)
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with logging_redirect_tqdm():  # log lines (failed images) above the progress bar, not through it
+        summary = run_job("embed", args.inputs, args.out, model_factory=factory, job_id=job_id, **engine)
     print(summary.describe())
     return 1 if summary.failed else 0

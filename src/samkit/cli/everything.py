@@ -86,7 +86,9 @@ def run(args: argparse.Namespace) -> int:
     progress = engine["progress"] and sys.stderr.isatty()
 
     def report(task: Any, reason: str) -> None:
-        print(f"samkit everything: skipped {task.path}: {reason}", file=sys.stderr)
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"samkit everything: skipped {task.path}: {reason}", file=sys.stderr)  # above the bars
 
     common: dict[str, Any] = {"fmt": args.format, "overlay": args.overlay, "signature": signature, "progress": progress, "on_failure": report}
     if engine["engine"] == "ray":
