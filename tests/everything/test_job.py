@@ -80,7 +80,7 @@ def test_outputs_coco_and_bad_files(tiny_model: Any, images: Path, tmp_path: Pat
     assert coco.getCatIds() == [1]
     for i in range(3):
         folder = out / f"img{i}"
-        rows = list(csv.DictReader((folder / "metadata.csv").open()))
+        rows = list(csv.DictReader((folder / "metadata.csv").read_text().splitlines()))
         pngs = sorted(folder.glob("[0-9]*.png"), key=lambda p: int(p.stem))
         assert len(rows) == len(pngs) > 0
         image_id = next(k for k, v in coco.imgs.items() if v["file_name"] == f"img{i}.png")
