@@ -54,6 +54,7 @@ class BenchRow:
     check: str = ""
     ok: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    round_ratios: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.ratio is None and self.baseline_s and self.samkit_s:
@@ -159,8 +160,24 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def time_alternating(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds of each function, run alternately ``warmup`` + ``rounds`` times."""
+class Timings(dict[str, float]):
+    """Median seconds per function name, with every timed round kept in ``rounds``."""
+
+    def __init__(self, rounds: dict[str, list[float]]) -> None:
+        super().__init__({name: statistics.median(values) for name, values in rounds.items()})
+        self.rounds = rounds
+
+    def ratios(self, baseline: str, candidate: str) -> list[float]:
+        """Per-round speed-ups baseline / candidate, each from two runs next to each other in time.
+
+        A slow spell of a shared machine hits both runs of a round, so the spread of these
+        ratios shows how far the machine's drift moved the result.
+        """
+        return [b / c for b, c in zip(self.rounds[baseline], self.rounds[candidate]) if c > 0]
+
+
+def time_alternating(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1) -> Timings:
+    """Seconds of each function, run alternately ``warmup`` + ``rounds`` times (medians, and every round)."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for r in range(warmup + rounds):
         for name, fn in fns.items():
@@ -170,7 +187,7 @@ def time_alternating(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int
             _sync()
             if r >= warmup:
                 times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return Timings(times)
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -278,6 +295,7 @@ def row_set_image(ctx: BenchContext, variant: str = "vit_b") -> list[BenchRow]:
             "official fp32",
             medians["official"],
             medians["samkit"],
+            round_ratios=medians.ratios("official", "samkit"),
             check=f"embedding max|diff| {emb_diff:.1e} (scale {emb_scale:.2f})",
             ok=emb_diff <= 1e-4 * max(1.0, emb_scale),
         )
@@ -314,6 +332,7 @@ def row_set_image_bf16(ctx: BenchContext, variant: str = "vit_b") -> list[BenchR
             "official fp32",
             medians["official"],
             medians["samkit_bf16"],
+            round_ratios=medians.ratios("official", "samkit_bf16"),
             check=f"mask IoU vs samkit fp32: mean {mean_iou:.4f} over {len(ious)} masks",
             ok=mean_iou >= 0.99,
             extra={"mean_mask_iou_vs_fp32": mean_iou, "cpu_capability": torch.backends.cpu.get_cpu_capability()},
@@ -323,6 +342,7 @@ def row_set_image_bf16(ctx: BenchContext, variant: str = "vit_b") -> list[BenchR
             "official cast to bf16",
             medians["official_bf16"],
             medians["samkit_bf16"],
+            round_ratios=medians.ratios("official_bf16", "samkit_bf16"),
             check="same weights, both bf16",
         ),
     ]
@@ -353,6 +373,7 @@ def row_predict(ctx: BenchContext, variant: str = "vit_b") -> list[BenchRow]:
             "official",
             medians["official"],
             medians["samkit"],
+            round_ratios=medians.ratios("official", "samkit"),
             check=f"logits max|diff| {diff:.1e}, {strong} mask pixels differ beyond |logit|>=1e-3",
             ok=strong == 0,
         )
@@ -379,6 +400,7 @@ def row_predict(ctx: BenchContext, variant: str = "vit_b") -> list[BenchRow]:
             "official predict_torch",
             medians["official"],
             medians["samkit"],
+            round_ratios=medians.ratios("official", "samkit"),
             check=f"logits max|diff| {diff:.1e}, {strong} mask pixels differ beyond |logit|>=1e-3",
             ok=strong == 0,
         )
@@ -548,7 +570,7 @@ def row_vit_t(ctx: BenchContext) -> list[BenchRow]:
     medians = time_alternating({"official": lambda: off.set_image(image), "samkit": lambda: ours.set_image(image)}, ctx.rounds)
     diff = float((off.features.float() - ours.features.float()).abs().max())
     rows.append(BenchRow("set_image vit_t fp32", "reference MobileSAM", medians["official"], medians["samkit"],
-                         check=f"embedding max|diff| {diff:.1e}", ok=diff <= 1e-3))
+                         round_ratios=medians.ratios("official", "samkit"), check=f"embedding max|diff| {diff:.1e}", ok=diff <= 1e-3))
     h, w = image.shape[:2]
     point = {"point_coords": np.array([[w * 0.45, h * 0.55]]), "point_labels": np.array([1])}
     medians = time_alternating({"official": lambda: off.predict(**point), "samkit": lambda: ours.predict(**point)},
@@ -557,7 +579,7 @@ def row_vit_t(ctx: BenchContext) -> list[BenchRow]:
     ls, _, _ = ours.predict(return_logits=True, **point)
     strong, d = _agreement(lo, ls)
     rows.append(BenchRow("predict vit_t 1 point, multimask", "reference MobileSAM", medians["official"], medians["samkit"],
-                         check=f"logits max|diff| {d:.1e}, {strong} pixels differ", ok=strong == 0))
+                         round_ratios=medians.ratios("official", "samkit"), check=f"logits max|diff| {d:.1e}, {strong} pixels differ", ok=strong == 0))
     ctx.drop("official:vit_t", "samkit:vit_t")
     return rows
 
@@ -584,10 +606,11 @@ def row_onnx(ctx: BenchContext, variant: str = "vit_b") -> list[BenchRow]:
         m_o, _, _ = ort.predict(**point)
         iou = float(np.mean([mask_iou(a, b) for a, b in zip(m_t, m_o)]))
         rows.append(BenchRow(f"ORT {label} set_image {variant}", "samkit torch fp32", medians["samkit"], medians["ort"],
-                             check=f"mask IoU vs torch {iou:.4f}", ok=iou >= (0.999 if label == "fp32" else 0.97)))
+                             round_ratios=medians.ratios("samkit", "ort"), check=f"mask IoU vs torch {iou:.4f}", ok=iou >= (0.999 if label == "fp32" else 0.97)))
         medians = time_alternating({"samkit": lambda: ours.predict(**point), "ort": lambda: ort.predict(**point)},
                                    max(ctx.rounds * 10, 20), warmup=3)
-        rows.append(BenchRow(f"ORT {label} predict {variant} 1 point", "samkit torch fp32", medians["samkit"], medians["ort"]))
+        rows.append(BenchRow(f"ORT {label} predict {variant} 1 point", "samkit torch fp32", medians["samkit"], medians["ort"],
+                             round_ratios=medians.ratios("samkit", "ort")))
     return rows
 
 
@@ -668,6 +691,8 @@ def format_table(rows: list[BenchRow]) -> str:
     ]
     for r in rows:
         ratio = f"{r.ratio:.2f}x" if r.ratio else "-"
+        if r.ratio and len(r.round_ratios) > 1:
+            ratio += f" ({min(r.round_ratios):.2f}-{max(r.round_ratios):.2f} per round)"
         mem = (
             f"{_fmt(r.baseline_peak_mb, 'mb')} / {_fmt(r.samkit_peak_mb, 'mb')} ({r.memory_ratio:.2f}x)"
             if r.memory_ratio

@@ -40,17 +40,20 @@ def run(args: argparse.Namespace) -> int:
 
     if args.rounds < 1:
         raise UserError("--rounds must be >= 1")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     rows = tuple(ROWS) if args.rows.strip() == "all" else tuple(r.strip() for r in args.rows.split(",") if r.strip())
-    info = machine_description()
-    print(f"machine: {info}", flush=True)
 
     def show(row) -> None:  # type: ignore[no-untyped-def]
         ratio = f"{row.ratio:.2f}x" if row.ratio else "-"
         print(f"  {row.name}: baseline {row.baseline_s} s, samkit {row.samkit_s} s, {ratio}; {row.check}", flush=True)
 
-    results = run_benchmark(rows, rounds=args.rounds, baselines=args.baselines, device=args.device, on_row=show)
+    threads_before = torch.get_num_threads()
+    try:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        print(f"machine: {machine_description()}", flush=True)
+        results = run_benchmark(rows, rounds=args.rounds, baselines=args.baselines, device=args.device, on_row=show)
+    finally:
+        torch.set_num_threads(threads_before)  # main() may be called in-process (tests, notebooks)
     print(format_table(results))
     if args.json:
         atomic_write_text(args.json, to_json(results))
