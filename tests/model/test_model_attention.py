@@ -148,3 +148,77 @@ def test_windowed_block_equals_zero_padding_before_qkv(tiny_sam: Sam, grid: tupl
         expected = y + block.mlp(block.norm2(y))
         actual = block(x, reference=reference)
     _assert_close(actual, expected)
+
+
+@pytest.mark.parametrize(("img_size", "window_size"), [(320, 7), (256, 4)], ids=["padded-windows", "exact-windows"])
+def test_encoder_workspace_gives_identical_embeddings(
+    tiny_config: Callable[..., SamConfig],
+    perturbed_model: Callable[..., Sam],
+    monkeypatch: pytest.MonkeyPatch,
+    img_size: int,
+    window_size: int,
+) -> None:
+    """Scratch buffers shared across blocks (inference) change no bit of the embedding."""
+    encoder = perturbed_model(tiny_config(img_size, window_size=window_size), seed=3).image_encoder
+    x = torch.randn(2, 3, img_size, img_size, generator=torch.Generator().manual_seed(4))
+    requested: list[str] = []
+    get = attention_module.Workspace.get
+
+    def recording_get(self: Any, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        requested.append(name)
+        return get(self, name, shape, like)
+
+    monkeypatch.setattr(attention_module.Workspace, "get", recording_get)
+    with torch.inference_mode():
+        shared = encoder(x)
+    assert {"qkv", "qkv_windows", "mlp_hidden"} <= set(requested)
+    assert ("qkv_padded" in requested) == (img_size // 16 % window_size != 0)
+    monkeypatch.setattr(attention_module.Workspace, "usable", staticmethod(lambda: False))
+    requested.clear()
+    with torch.inference_mode():
+        fresh = encoder(x)
+    assert requested == []
+    assert torch.equal(shared, fresh)
+
+
+def test_encoder_workspace_is_off_under_autograd(
+    tiny_config: Callable[..., SamConfig], perturbed_model: Callable[..., Sam]
+) -> None:
+    """With gradients on (fine-tuning), the encoder allocates normally and backpropagates."""
+    encoder = perturbed_model(tiny_config(256, window_size=7), seed=5).image_encoder
+    x = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(6))
+    trainable = [p for p in encoder.parameters() if p.is_floating_point()]
+    for p in trainable:
+        p.requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            assert not attention_module.Workspace.usable()
+            encoder(x).square().mean().backward()
+        assert all(p.grad is not None for p in trainable)
+    finally:
+        for p in trainable:
+            p.grad = None
+            p.requires_grad_(False)
+    with torch.no_grad():
+        assert attention_module.Workspace.usable()
+
+
+def test_chunked_global_attention_takes_its_bias_buffer_from_the_workspace() -> None:
+    q, k, v, rel_h, rel_w = _random_qkv(1, 2, (6, 5), 8, seed=7)
+    ws = attention_module.Workspace()
+    with torch.inference_mode():
+        plain = rel_pos_attention(q, k, v, rel_h, rel_w, (6, 5), query_chunk=8)
+        shared = rel_pos_attention(q, k, v, rel_h, rel_w, (6, 5), query_chunk=8, workspace=ws)
+        again = rel_pos_attention(q, k, v, rel_h, rel_w, (6, 5), query_chunk=8, workspace=ws)
+    assert torch.equal(plain, shared) and torch.equal(plain, again)
+    assert ws.get("rel_pos_bias", (1, 2, 8, 6, 5), q) is not None and len(ws._buffers) == 1
+
+
+def test_workspace_reuses_a_buffer_by_name_and_shape() -> None:
+    ws = attention_module.Workspace()
+    like = torch.zeros(1)
+    a = ws.get("a", (4, 5), like)
+    assert ws.get("a", (4, 5), like) is a
+    assert ws.get("b", (4, 5), like) is not a
+    assert ws.get("a", (5, 4), like).shape == (5, 4)
+    assert ws.get("a", (5, 4), like.double()).dtype == torch.float64

@@ -22,7 +22,49 @@ __all__ = [
     "rel_pos_attention",
     "reference_rel_pos_attention",
     "ViTAttention",
+    "Workspace",
+    "linear_into",
 ]
+
+class Workspace:
+    """Large scratch tensors shared by the blocks of one encoder forward.
+
+    Tensors above glibc's mmap threshold (32 MB at most) get fresh pages from the kernel on
+    every allocation and give them back when freed: an encoder forward that allocated its
+    qkv, MLP and attention-bias scratch anew in each block took ~650,000 page faults and
+    ~1.5 s of system time. Asking the workspace instead allocates each kind of buffer once per
+    forward; the values computed are the same.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """An uninitialized tensor of ``shape`` with ``like``'s dtype and device, reused by name."""
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.shape != shape or buffer.dtype != like.dtype or buffer.device != like.device:
+            buffer = like.new_empty(shape)
+            self._buffers[name] = buffer
+        return buffer
+
+    @staticmethod
+    def usable() -> bool:
+        """Whether out= buffers may be used: not under autograd (out= does not record it) or tracing."""
+        return not torch.is_grad_enabled() and not torch.jit.is_tracing()
+
+
+def linear_into(workspace: Workspace | None, name: str, x: Tensor, layer: nn.Linear) -> Tensor:
+    """``layer(x)`` for x (..., C_in), written into the workspace buffer ``name`` when given."""
+    if workspace is None:
+        return layer(x)
+    flat = x.reshape(-1, x.shape[-1])  # (M, C_in)
+    out = workspace.get(name, (flat.shape[0], layer.out_features), flat)  # (M, C_out)
+    if layer.bias is None:
+        torch.mm(flat, layer.weight.t(), out=out)
+    else:
+        torch.addmm(layer.bias, flat, layer.weight.t(), out=out)
+    return out.view(*x.shape[:-1], layer.out_features)  # (..., C_out)
+
 
 # Query rows per SDPA call in global attention: the (B, nh, chunk, N) bias then
 # stays a few tens of MB instead of (nh, 4096, 4096) floats.
@@ -77,11 +119,16 @@ def window_unpartition(
 
 @functools.lru_cache(maxsize=32)
 def _relative_index(q_size: int, k_size: int, device: torch.device) -> Tensor:
-    """(q_size, k_size) long index into a rel-pos table of length 2*max(q,k)-1 (cached)."""
-    q_coords = torch.arange(q_size, device=device)[:, None] * max(k_size / q_size, 1.0)
-    k_coords = torch.arange(k_size, device=device)[None, :] * max(q_size / k_size, 1.0)
-    relative = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
-    return relative.long()
+    """(q_size, k_size) long index into a rel-pos table of length 2*max(q,k)-1 (cached).
+
+    Built outside inference mode even when first asked for inside it: a cached inference
+    tensor would break a later forward under autograd (fine-tuning after predicting).
+    """
+    with torch.inference_mode(False):
+        q_coords = torch.arange(q_size, device=device)[:, None] * max(k_size / q_size, 1.0)
+        k_coords = torch.arange(k_size, device=device)[None, :] * max(q_size / k_size, 1.0)
+        relative = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
+        return relative.long()
 
 
 def relative_position_table(q_size: int, k_size: int, rel_pos: Tensor) -> Tensor:
@@ -148,6 +195,7 @@ def rel_pos_attention(
     hw: tuple[int, int],
     *,
     query_chunk: int | None = DEFAULT_QUERY_CHUNK,
+    workspace: Workspace | None = None,
 ) -> Tensor:
     """Softmax attention with decomposed relative-position bias on fused SDPA kernels.
 
@@ -156,6 +204,7 @@ def rel_pos_attention(
         rel_pos_h, rel_pos_w: tables, or None for no relative positions.
         hw: (H, W) token grid.
         query_chunk: process this many query rows per SDPA call (None: all at once).
+        workspace: where the chunks' bias buffer comes from (shared by the encoder's blocks).
 
     Returns:
         (B, nh, N, hd) attention output.
@@ -183,7 +232,8 @@ def rel_pos_attention(
         return torch.cat(outputs, dim=2)  # (B, nh, N, hd)
     out = torch.empty_like(q)
     # One bias buffer reused by every chunk: fresh 100+ MB allocations cost page faults each time.
-    buffer = q.new_empty(b, nh, query_chunk, h, w)  # (B, nh, c, H, W)
+    shape = (b, nh, query_chunk, h, w)
+    buffer = workspace.get("rel_pos_bias", shape, q) if workspace is not None else q.new_empty(shape)  # (B, nh, c, H, W)
     for start in range(0, n, query_chunk):
         stop = min(start + query_chunk, n)
         bias = buffer[:, :, : stop - start]
@@ -252,28 +302,39 @@ class ViTAttention(nn.Module):
         qkv = qkv.view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, nh, N, hd)
         return qkv[0], qkv[1], qkv[2]
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, hw: tuple[int, int], *, reference: bool = False) -> Tensor:
+    def attend(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        hw: tuple[int, int],
+        *,
+        reference: bool = False,
+        workspace: Workspace | None = None,
+    ) -> Tensor:
         """q, k, v (B, nh, N, hd) -> merged heads (B, N, C), before ``proj``."""
         rel_h = self.rel_pos_h if self.use_rel_pos else None
         rel_w = self.rel_pos_w if self.use_rel_pos else None
         if reference:
             out = reference_rel_pos_attention(q, k, v, rel_h, rel_w, hw)
         else:
-            out = rel_pos_attention(q, k, v, rel_h, rel_w, hw)
+            out = rel_pos_attention(q, k, v, rel_h, rel_w, hw, workspace=workspace)
         b, nh, n, hd = out.shape
         return out.transpose(1, 2).reshape(b, n, nh * hd)  # (B, N, C)
 
-    def forward(self, x: Tensor, *, reference: bool = False) -> Tensor:
+    def forward(self, x: Tensor, *, reference: bool = False, workspace: Workspace | None = None) -> Tensor:
         """Attention over a full grid.
 
         Args:
             x: (B, H, W, C) tokens.
             reference: use the materialized-scores path (slow; for tests).
+            workspace: scratch buffers shared with the other blocks (see :class:`Workspace`).
 
         Returns:
             (B, H, W, C).
         """
         b, h, w, c = x.shape
-        q, k, v = self.split_heads(self.qkv(x.reshape(b, h * w, c)))  # (B, nh, N, hd)
-        out = self.attend(q, k, v, (h, w), reference=reference)  # (B, N, C)
+        qkv = linear_into(workspace, "qkv", x.reshape(b, h * w, c), self.qkv)  # (B, N, 3C)
+        q, k, v = self.split_heads(qkv)  # (B, nh, N, hd)
+        out = self.attend(q, k, v, (h, w), reference=reference, workspace=workspace)  # (B, N, C)
         return self.proj(out).view(b, h, w, c)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ImageEncoderConfig
-from .attention import ViTAttention, window_partition, window_unpartition
+from .attention import ViTAttention, Workspace, linear_into, window_partition, window_unpartition
 from .common import LayerNorm2d, MLPBlock
 
 __all__ = ["PatchEmbed", "ViTBlock", "ImageEncoderViT"]
@@ -49,7 +49,7 @@ class ViTBlock(nn.Module):
         self.mlp = MLPBlock(dim, int(dim * mlp_ratio), nn.GELU)
         self.window_size = window_size
 
-    def _windowed_attention(self, x: Tensor, *, reference: bool) -> Tensor:
+    def _windowed_attention(self, x: Tensor, *, reference: bool, workspace: Workspace | None = None) -> Tensor:
         """Attention inside ``ws x ws`` windows of a normalized grid.
 
         The official model zero-pads the normalized tokens before the qkv projection,
@@ -59,6 +59,7 @@ class ViTBlock(nn.Module):
 
         Args:
             x: (B, H, W, C) normalized tokens.
+            workspace: scratch buffers shared with the other blocks (see :class:`Workspace`).
 
         Returns:
             (B, H, W, C) attention output after ``proj``.
@@ -66,29 +67,53 @@ class ViTBlock(nn.Module):
         attn = self.attn
         ws = self.window_size
         b, h, w, c = x.shape
-        qkv = attn.qkv(x)  # (B, H, W, 3C)
+        qkv = linear_into(workspace, "qkv", x, attn.qkv)  # (B, H, W, 3C)
         pad_h = (ws - h % ws) % ws
         pad_w = (ws - w % ws) % ws
         if pad_h or pad_w:
-            fill = attn.qkv.bias if attn.qkv.bias is not None else qkv.new_zeros(3 * c)
-            padded = fill.to(qkv.dtype).expand(b, h + pad_h, w + pad_w, 3 * c).clone()  # (B, Hp, Wp, 3C)
+            fill = (attn.qkv.bias if attn.qkv.bias is not None else qkv.new_zeros(3 * c)).to(qkv.dtype)
+            shape = (b, h + pad_h, w + pad_w, 3 * c)
+            if workspace is None:
+                padded = fill.expand(shape).clone()  # (B, Hp, Wp, 3C)
+            else:
+                padded = workspace.get("qkv_padded", shape, qkv)  # (B, Hp, Wp, 3C)
+                padded[:, h:] = fill
+                padded[:, :h, w:] = fill
             padded[:, :h, :w] = qkv
             qkv = padded
-        windows, padded_hw = window_partition(qkv, ws)  # (B*nW, ws, ws, 3C)
+        if workspace is None:
+            windows, padded_hw = window_partition(qkv, ws)  # (B*nW, ws, ws, 3C)
+        else:
+            padded_hw = (qkv.shape[1], qkv.shape[2])
+            n_h, n_w = padded_hw[0] // ws, padded_hw[1] // ws
+            windows = workspace.get("qkv_windows", (b * n_h * n_w, ws, ws, 3 * c), qkv)  # (B*nW, ws, ws, 3C)
+            windows.view(b, n_h, n_w, ws, ws, 3 * c).copy_(
+                qkv.view(b, n_h, ws, n_w, ws, 3 * c).permute(0, 1, 3, 2, 4, 5)  # (B, nH, nW, ws, ws, 3C)
+            )
         n_windows = windows.shape[0]
         q, k, v = attn.split_heads(windows.view(n_windows, ws * ws, 3 * c))  # (B*nW, nh, ws*ws, hd)
-        out = attn.attend(q, k, v, (ws, ws), reference=reference)  # (B*nW, ws*ws, C)
+        out = attn.attend(q, k, v, (ws, ws), reference=reference, workspace=workspace)  # (B*nW, ws*ws, C)
         out = window_unpartition(out.view(n_windows, ws, ws, c), ws, padded_hw, (h, w))  # (B, H, W, C)
         return attn.proj(out)
 
-    def forward(self, x: Tensor, *, reference: bool = False) -> Tensor:
-        """(B, H, W, C) -> (B, H, W, C)."""
+    def forward(self, x: Tensor, *, reference: bool = False, workspace: Workspace | None = None) -> Tensor:
+        """(B, H, W, C) -> (B, H, W, C); ``workspace``: scratch shared by the blocks of one forward."""
         normed = self.norm1(x)
         if self.window_size > 0:
-            x = x + self._windowed_attention(normed, reference=reference)
+            x = x + self._windowed_attention(normed, reference=reference, workspace=workspace)
         else:
-            x = x + self.attn(normed, reference=reference)
-        return x + self.mlp(self.norm2(x))
+            x = x + self.attn(normed, reference=reference, workspace=workspace)
+        return x + self._mlp(self.norm2(x), workspace)
+
+    def _mlp(self, x: Tensor, workspace: Workspace | None) -> Tensor:
+        """The MLP, its (B, H, W, hidden) activations in the workspace with GELU applied in place."""
+        mlp = self.mlp
+        act = mlp.act
+        if workspace is None or not isinstance(act, nn.GELU):
+            return mlp(x)
+        hidden = linear_into(workspace, "mlp_hidden", x, mlp.lin1)  # (B, H, W, hidden)
+        torch.ops.aten.gelu_(hidden, approximate=act.approximate)
+        return mlp.lin2(hidden)  # (B, H, W, C)
 
 
 class ImageEncoderViT(nn.Module):
@@ -143,6 +168,7 @@ class ImageEncoderViT(nn.Module):
                     pos.permute(0, 3, 1, 2), size=x.shape[1:3], mode="bicubic", align_corners=False
                 ).permute(0, 2, 3, 1)  # (1, H, W, C)
             x = x + pos
+        workspace = Workspace() if Workspace.usable() else None  # freed when the forward returns
         for block in self.blocks:
-            x = block(x, reference=reference)
+            x = block(x, reference=reference, workspace=workspace)
         return self.neck(x.permute(0, 3, 1, 2))  # (B, 256, 64, 64)

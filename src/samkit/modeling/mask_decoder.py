@@ -271,6 +271,10 @@ def _factored_first_product(
 
 @functools.lru_cache(maxsize=8)
 def _unshuffle_index(h: int, w: int, device: torch.device) -> Tensor:
-    """Gather index from sub-pixel order (i, j, a1, b1, a2, b2) to raster order of the 4h x 4w mask."""
-    order = torch.arange(16 * h * w, device=device).view(h, w, 2, 2, 2, 2)  # (i, j, a1, b1, a2, b2)
-    return order.permute(0, 2, 4, 1, 3, 5).reshape(-1)  # (i, a1, a2, j, b1, b2)
+    """Gather index from sub-pixel order (i, j, a1, b1, a2, b2) to raster order of the 4h x 4w mask.
+
+    Built outside inference mode (it is cached, and may be used under autograd later).
+    """
+    with torch.inference_mode(False):
+        order = torch.arange(16 * h * w, device=device).view(h, w, 2, 2, 2, 2)  # (i, j, a1, b1, a2, b2)
+        return order.permute(0, 2, 4, 1, 3, 5).reshape(-1)  # (i, a1, a2, j, b1, b2)
