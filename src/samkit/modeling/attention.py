@@ -71,12 +71,15 @@ def linear_into(workspace: Workspace | None, name: str, x: Tensor, layer: nn.Lin
 DEFAULT_QUERY_CHUNK = 1024
 
 
-def window_partition(x: Tensor, window_size: int) -> tuple[Tensor, tuple[int, int]]:
+def window_partition(
+    x: Tensor, window_size: int, out: Tensor | None = None
+) -> tuple[Tensor, tuple[int, int]]:
     """Split a token grid into non-overlapping windows, zero-padding bottom/right.
 
     Args:
         x: (B, H, W, C) tokens.
         window_size: window side ``ws``.
+        out: (B*nW, ws, ws, C) tensor to write the windows into (e.g. a :class:`Workspace` buffer).
 
     Returns:
         windows (B*nW, ws, ws, C) and the padded size (Hp, Wp).
@@ -87,9 +90,12 @@ def window_partition(x: Tensor, window_size: int) -> tuple[Tensor, tuple[int, in
     if pad_h or pad_w:
         x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
     hp, wp = h + pad_h, w + pad_w
-    x = x.view(b, hp // window_size, window_size, wp // window_size, window_size, c)  # (B, nH, ws, nW, ws, C)
-    windows = x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size, window_size, c)  # (B*nH*nW, ws, ws, C)
-    return windows, (hp, wp)
+    n_h, n_w = hp // window_size, wp // window_size
+    x = x.view(b, n_h, window_size, n_w, window_size, c).permute(0, 1, 3, 2, 4, 5)  # (B, nH, nW, ws, ws, C)
+    if out is None:
+        return x.reshape(-1, window_size, window_size, c), (hp, wp)  # (B*nH*nW, ws, ws, C)
+    out.view(b, n_h, n_w, window_size, window_size, c).copy_(x)
+    return out, (hp, wp)
 
 
 def window_unpartition(

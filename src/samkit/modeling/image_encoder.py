@@ -70,26 +70,18 @@ class ViTBlock(nn.Module):
         qkv = linear_into(workspace, "qkv", x, attn.qkv)  # (B, H, W, 3C)
         pad_h = (ws - h % ws) % ws
         pad_w = (ws - w % ws) % ws
+        hp, wp = h + pad_h, w + pad_w
         if pad_h or pad_w:
             fill = (attn.qkv.bias if attn.qkv.bias is not None else qkv.new_zeros(3 * c)).to(qkv.dtype)
-            shape = (b, h + pad_h, w + pad_w, 3 * c)
-            if workspace is None:
-                padded = fill.expand(shape).clone()  # (B, Hp, Wp, 3C)
-            else:
-                padded = workspace.get("qkv_padded", shape, qkv)  # (B, Hp, Wp, 3C)
-                padded[:, h:] = fill
-                padded[:, :h, w:] = fill
+            shape = (b, hp, wp, 3 * c)
+            padded = workspace.get("qkv_padded", shape, qkv) if workspace is not None else qkv.new_empty(shape)
+            padded[:, h:] = fill  # (B, Hp, Wp, 3C): bias rows below, bias columns right, qkv inside
+            padded[:, :h, w:] = fill
             padded[:, :h, :w] = qkv
             qkv = padded
-        if workspace is None:
-            windows, padded_hw = window_partition(qkv, ws)  # (B*nW, ws, ws, 3C)
-        else:
-            padded_hw = (qkv.shape[1], qkv.shape[2])
-            n_h, n_w = padded_hw[0] // ws, padded_hw[1] // ws
-            windows = workspace.get("qkv_windows", (b * n_h * n_w, ws, ws, 3 * c), qkv)  # (B*nW, ws, ws, 3C)
-            windows.view(b, n_h, n_w, ws, ws, 3 * c).copy_(
-                qkv.view(b, n_h, ws, n_w, ws, 3 * c).permute(0, 1, 3, 2, 4, 5)  # (B, nH, nW, ws, ws, 3C)
-            )
+        windows_shape = (b * (hp // ws) * (wp // ws), ws, ws, 3 * c)
+        out_buffer = workspace.get("qkv_windows", windows_shape, qkv) if workspace is not None else None
+        windows, padded_hw = window_partition(qkv, ws, out=out_buffer)  # (B*nW, ws, ws, 3C)
         n_windows = windows.shape[0]
         q, k, v = attn.split_heads(windows.view(n_windows, ws * ws, 3 * c))  # (B*nW, nh, ws*ws, hd)
         out = attn.attend(q, k, v, (ws, ws), reference=reference, workspace=workspace)  # (B*nW, ws*ws, C)
