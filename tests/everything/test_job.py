@@ -197,6 +197,23 @@ def test_cli(
     assert "hold no files" in capsys.readouterr().err
 
 
+def test_recursive_inputs_never_read_the_output_folder(tiny_model: Any, tmp_path: Path) -> None:
+    """--recursive reads subfolders; an output folder inside the input folder is not read back."""
+    root = tmp_path / "data"
+    for i, name in enumerate(["top.png", "train/a.png", "val/a.png"]):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(make_image(40, 56, seed=i)).save(root / name)
+    out = root / "masks"
+    flat = run_everything(_generator(tiny_model), [root], out, fmt="png", overlay=True)
+    assert (flat.done, flat.failed) == (1, 0)  # without recursion: top.png only
+    deep = run_everything(_generator(tiny_model), [root], out, fmt="png", overlay=True, recursive=True)
+    assert (deep.done, deep.skipped, deep.failed) == (2, 1, 0)  # the two a.png, not the masks/ PNGs
+    names = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert len(names) == 3 and names[-1] == "top" and all(n.startswith("a-") for n in names[:2])
+    again = run_everything(_generator(tiny_model), [root], out, fmt="png", overlay=True, recursive=True)
+    assert (again.done, again.skipped, again.failed) == (0, 3, 0)
+
+
 def test_overlay_colours_distinct(tiny_model: Any, tmp_path: Path) -> None:
     image = make_image(40, 40, seed=3)
     Image.fromarray(image).save(tmp_path / "a.png")

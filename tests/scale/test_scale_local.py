@@ -22,7 +22,7 @@ def _manifest(out: Path) -> dict:
 
 def test_embed_outputs_load_back_and_match_direct_encoding(tiny_factory, image_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "emb"
-    summary = run_job("embed", [str(image_dir)], out, model_factory=tiny_factory, progress=False)
+    summary = run_job("embed", [str(image_dir)], out, model_factory=tiny_factory, progress=False, recursive=True)
     assert (summary.total, summary.processed, summary.skipped, summary.failed) == (5, 5, 0, 0)
     assert summary.images_per_second > 0
     manifest = _manifest(out)
@@ -48,18 +48,18 @@ def test_rerun_skips_done_images_and_redoes_missing_ones(tiny_factory, image_dir
         calls.append(1)
         return tiny_factory()
 
-    run_job("embed", [str(image_dir)], out, model_factory=counting_factory, progress=False)
+    run_job("embed", [str(image_dir)], out, model_factory=counting_factory, progress=False, recursive=True)
     entries = _manifest(out)["images"]
     removed = out / entries[2]["output"]
     removed.unlink()
     kept = out / entries[0]["output"]
     kept_stat = kept.stat().st_mtime_ns
-    summary = run_job("embed", [str(image_dir)], out, model_factory=counting_factory, progress=False)
+    summary = run_job("embed", [str(image_dir)], out, model_factory=counting_factory, progress=False, recursive=True)
     assert (summary.processed, summary.skipped, summary.failed) == (1, 4, 0)
     assert removed.is_file() and kept.stat().st_mtime_ns == kept_stat
     assert _manifest(out)["counts"] == {"done": 5, "failed": 0, "pending": 0}
     # nothing left to do: the model is not even built
-    summary = run_job("embed", [str(image_dir)], out, model_factory=counting_factory, progress=False)
+    summary = run_job("embed", [str(image_dir)], out, model_factory=counting_factory, progress=False, recursive=True)
     assert (summary.processed, summary.skipped) == (0, 5)
     assert len(calls) == 2
 
@@ -133,3 +133,8 @@ def test_embed_cli_runs_resumes_and_rejects_bad_options(tiny_factory, image_dir,
     assert main(["embed", str(image_dir), "--out", str(out), "--workers", "2"]) == 2
     assert "need --engine ray" in capsys.readouterr().err
     assert main(["embed", str(tmp_path / "missing.png"), "--out", str(out)]) == 2
+    # image_dir holds only folders: nothing without --recursive, all five images with it
+    assert main(["embed", str(image_dir), "--out", str(tmp_path / "flat"), "--no-progress"]) == 2
+    assert "--recursive" in capsys.readouterr().err
+    assert main(["embed", str(image_dir), "--out", str(out), "--no-progress", "--recursive"]) == 0
+    assert "3 processed, 2 already done" in capsys.readouterr().out

@@ -25,7 +25,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
             "OUT/manifest.json lists every image, its file and status."
         ),
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively)")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders of images, or glob patterns")
+    parser.add_argument(
+        "-r", "--recursive", action="store_true", help="also read the subfolders of input folders (never the --out folder)"
+    )
     parser.add_argument("--out", required=True, help="output folder")
     add_model_args(parser)
     add_engine_args(parser)
@@ -42,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     with logging_redirect_tqdm():  # log lines (failed images) above the progress bar, not through it
-        summary = run_job("embed", args.inputs, args.out, model_factory=factory, job_id=job_id, **engine)
+        summary = run_job(
+            "embed", args.inputs, args.out, model_factory=factory, job_id=job_id, recursive=args.recursive, **engine
+        )
     print(summary.describe())
     return 1 if summary.failed else 0

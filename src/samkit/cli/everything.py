@@ -44,6 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "the files are the same as with the local engine.",
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders of images, or glob patterns")
+    parser.add_argument(
+        "-r", "--recursive", action="store_true", help="also read the subfolders of input folders (never the --out folder)"
+    )
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument(
         "--format",
@@ -74,11 +77,12 @@ def run(args: argparse.Namespace) -> int:
 
     kwargs = generator_kwargs(args)
     try:
-        found = collect_inputs(args.inputs)  # fail fast on inputs that name nothing, before loading the model
+        found = collect_inputs(args.inputs, recursive=args.recursive, exclude=[args.out])  # fail fast on inputs that name nothing, before loading the model
     except FileNotFoundError as exc:
         raise UserError(str(exc)) from None
     if not found:
-        print("samkit everything: warning: the inputs hold no files (empty folders?)", file=sys.stderr)
+        hint = "empty folders?" if args.recursive else "empty folders? for subfolders add --recursive"
+        print(f"samkit everything: warning: the inputs hold no files ({hint})", file=sys.stderr)
     engine = engine_kwargs(args)  # checks --workers / --ray-address / --threads and that Ray is there
     checkpoint = None if args.checkpoint is None else str(existing_file(args.checkpoint, "--checkpoint").resolve())
     # The same signature for both engines: it is recorded in the outputs, which do not depend on the engine.
@@ -90,7 +94,14 @@ def run(args: argparse.Namespace) -> int:
 
         tqdm.write(f"samkit everything: skipped {task.path}: {reason}", file=sys.stderr)  # above the bars
 
-    common: dict[str, Any] = {"fmt": args.format, "overlay": args.overlay, "signature": signature, "progress": progress, "on_failure": report}
+    common: dict[str, Any] = {
+        "fmt": args.format,
+        "overlay": args.overlay,
+        "signature": signature,
+        "progress": progress,
+        "on_failure": report,
+        "recursive": args.recursive,
+    }
     if engine["engine"] == "ray":
         summary = run_everything(None, args.inputs, args.out, engine=_ray_engine(args, kwargs, engine), **common)
     else:

@@ -18,7 +18,6 @@ only writer: :func:`local_engine` (the default) segments in this process, in ord
 from __future__ import annotations
 
 import csv
-import glob
 import hashlib
 import io
 import json
@@ -32,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ..inputs import expand_inputs
 from ..io import (
     ImageReadError,
     atomic_write_text,
@@ -155,42 +155,27 @@ class JobSummary:
 # --------------------------------------------------------------------------- inputs
 
 
-def _is_candidate(path: Path) -> bool:
-    return path.is_file() and not path.name.startswith(".")
-
-
-def collect_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[ImageTask]:
-    """Expand image files, folders (their non-hidden files, not recursive) and glob patterns.
+def collect_inputs(
+    inputs: Sequence[str | os.PathLike[str]],
+    *,
+    recursive: bool = False,
+    exclude: Sequence[str | os.PathLike[str]] = (),
+) -> list[ImageTask]:
+    """Expand image files, folders and glob patterns (see :mod:`samkit.inputs`) into tasks.
 
     Every file found is a candidate: files that turn out not to be images are reported and
-    skipped when read. Duplicates are dropped; output names are the file stems, made unique
-    with a short hash of the path when two inputs share a stem.
+    skipped when read. Output names are the file stems, made unique with a short hash of the
+    path when two inputs share a stem.
+
+    Args:
+        inputs: files, folders and glob patterns.
+        recursive: also take the files of subfolders.
+        exclude: folders never read from (the output folder).
 
     Raises:
         FileNotFoundError: an input names nothing (no file, folder or glob match).
     """
-    paths: list[Path] = []
-    for item in inputs:
-        text = os.fspath(item)
-        path = Path(text).expanduser()
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if _is_candidate(p))
-        elif path.is_file():
-            found = [path]
-        elif glob.has_magic(text):
-            found = sorted(p for p in (Path(m) for m in glob.glob(os.path.expanduser(text), recursive=True)) if _is_candidate(p))
-            if not found:
-                raise FileNotFoundError(f"input {text!r}: the pattern matches no file")
-        else:
-            raise FileNotFoundError(f"input {text!r}: no such file or folder")
-        paths.extend(found)
-    unique: list[Path] = []
-    seen: set[Path] = set()
-    for path in paths:
-        key = path.resolve()
-        if key not in seen:
-            seen.add(key)
-            unique.append(path)
+    unique = expand_inputs(inputs, recursive=recursive, exclude=exclude)
     stems: dict[str, int] = {}
     for path in unique:
         stems[path.stem] = stems.get(path.stem, 0) + 1
@@ -398,11 +383,13 @@ def run_everything(
     progress: bool = False,
     on_failure: Callable[[ImageTask, str], None] | None = None,
     engine: Engine | None = None,
+    recursive: bool = False,
 ) -> JobSummary:
     """Segment every input image and write the outputs; resumable.
 
     Images whose outputs are already complete (same settings) are skipped; a file that cannot be
-    read as an image is reported (to ``on_failure`` when given, else as a log warning) and skipped. Whatever the engine,
+    read as an image is reported (to ``on_failure`` when given, else as a log warning) and
+    skipped; nothing under ``out_dir`` is read as an input. Whatever the engine,
     this process writes every output file (so an image's outputs are written once even when an
     engine retries it) and the files do not depend on the engine, given the same model, device
     and torch thread count.
@@ -410,7 +397,7 @@ def run_everything(
     Args:
         generator: a :class:`samkit.SamAutomaticMaskGenerator` with ``output_mode="coco_rle"``;
             None when ``engine`` brings its own.
-        inputs: image files, folders and glob patterns.
+        inputs: image files, folders and glob patterns (see :mod:`samkit.inputs`).
         out_dir: output folder.
         fmt: ``"png"`` (mask PNGs + metadata.csv per image), ``"coco"`` (one COCO JSON) or ``"both"``.
         overlay: also write an overlay picture per image.
@@ -420,6 +407,7 @@ def run_everything(
         engine: where :func:`segment_task` runs (default: ``local_engine(generator)``); e.g.
             ``samkit.scale.everything_engine.ray_everything_engine(...)``. Not called when
             every image is complete.
+        recursive: also take the files of subfolders of the input folders.
 
     Returns:
         the counts, and the COCO file path for the coco formats.
@@ -434,7 +422,7 @@ def run_everything(
             raise ValueError("generator: needed unless an engine is given")
         engine = local_engine(generator, progress=progress)
     start = time.perf_counter()
-    tasks = collect_inputs(inputs)
+    tasks = collect_inputs(inputs, recursive=recursive, exclude=[out_dir])
     writer = OutputWriter(out_dir, fmt, overlay=overlay, signature=signature or {})
     summary = JobSummary()
     pending = []

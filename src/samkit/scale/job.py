@@ -86,6 +86,7 @@ def run_job(
     threads: int | None = None,
     job_id: str | None = None,
     progress: bool = True,
+    recursive: bool = False,
 ) -> JobSummary:
     """Run ``kind`` over every image in ``inputs``, writing one file per image under ``out_dir``.
 
@@ -99,7 +100,8 @@ def run_job(
 
     Args:
         kind: ``"everything"`` or ``"embed"``.
-        inputs: image files and/or directories (searched recursively).
+        inputs: image files, folders and/or glob patterns (see :mod:`samkit.inputs`); a file
+            that is not an image is reported as failed.
         out_dir: output directory (created).
         model_factory: builds the model; runs once per worker, so with ``engine="ray"`` it must
             pickle (a top-level function or ``functools.partial(build_sam, ...)``).
@@ -113,6 +115,8 @@ def run_job(
         job_id: identifies the model/settings (e.g. "vit_b:/path/ckpt"); a rerun into the same
             directory with a different id, kind or generator_kwargs is refused.
         progress: show a progress bar over images.
+        recursive: also take the files of subfolders of the input folders (never those
+            under ``out_dir``).
 
     Returns:
         a :class:`JobSummary`.
@@ -136,7 +140,7 @@ def run_job(
     settings = _settings(kind, generator_kwargs, job_id)
     start = time.perf_counter()
     out = Path(out_dir)
-    images = list_images(list(inputs))
+    images = list_images(list(inputs), recursive=recursive, exclude=[out_dir])
     items = work_items(kind, images)
     out.mkdir(parents=True, exist_ok=True)
     _claim(out, settings)

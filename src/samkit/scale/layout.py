@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..inputs import expand_inputs
 from .work import WorkItem
 
 __all__ = [
-    "IMAGE_SUFFIXES",
     "MANIFEST_NAME",
     "JOB_FILE_NAME",
     "list_images",
@@ -19,44 +20,33 @@ __all__ = [
     "read_json",
 ]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 MANIFEST_NAME = "manifest.json"
 JOB_FILE_NAME = "job.json"
 _SUBDIR = {"everything": ("masks", ".json"), "embed": ("embeddings", ".safetensors")}
 
 
-def list_images(inputs: list[str]) -> list[str]:
-    """Expand directories (recursively, sorted) into image files; keep files as given.
+def list_images(
+    inputs: list[str], *, recursive: bool = False, exclude: Sequence[str | os.PathLike[str]] = ()
+) -> list[str]:
+    """Expand files, folders and glob patterns into the files to process (see :mod:`samkit.inputs`).
 
     Args:
-        inputs: image files and/or directories.
+        inputs: image files, folders and/or glob patterns.
+        recursive: also take the files of subfolders.
+        exclude: folders never read from (the output folder).
 
     Returns:
-        image paths in order, each once (first occurrence wins).
+        the paths in order, each once. Files are not filtered by suffix: one that is not an
+        image fails when read, and is reported.
 
     Raises:
-        FileNotFoundError: an input does not exist.
+        FileNotFoundError: an input names nothing.
         ValueError: nothing to process.
     """
-    images: list[str] = []
-    seen: set[str] = set()
-    for entry in inputs:
-        path = Path(entry).expanduser()
-        if path.is_dir():
-            found = sorted(
-                str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            )
-        elif path.exists():
-            found = [str(path)]
-        else:
-            raise FileNotFoundError(f"no such image file or directory: {entry}")
-        for image in found:
-            key = os.path.abspath(image)
-            if key not in seen:
-                seen.add(key)
-                images.append(image)
+    images = [str(p) for p in expand_inputs(inputs, recursive=recursive, exclude=exclude)]
     if not images:
-        raise ValueError("no images found in the inputs")
+        hint = "" if recursive else " (images in subfolders? use --recursive / recursive=True)"
+        raise ValueError(f"no files found in the inputs{hint}")
     return images
 
 
