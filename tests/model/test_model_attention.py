@@ -21,6 +21,7 @@ from samkit.modeling.attention import (
     window_unpartition,
 )
 from samkit.modeling.image_encoder import ViTBlock
+from samkit.modeling.workspace import Workspace
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -162,18 +163,18 @@ def test_encoder_workspace_gives_identical_embeddings(
     encoder = perturbed_model(tiny_config(img_size, window_size=window_size), seed=3).image_encoder
     x = torch.randn(2, 3, img_size, img_size, generator=torch.Generator().manual_seed(4))
     requested: list[str] = []
-    get = attention_module.Workspace.get
+    get = Workspace.get
 
     def recording_get(self: Any, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         requested.append(name)
         return get(self, name, shape, like)
 
-    monkeypatch.setattr(attention_module.Workspace, "get", recording_get)
+    monkeypatch.setattr(Workspace, "get", recording_get)
     with torch.inference_mode():
         shared = encoder(x)
     assert {"qkv", "qkv_windows", "mlp_hidden"} <= set(requested)
     assert ("qkv_padded" in requested) == (img_size // 16 % window_size != 0)
-    monkeypatch.setattr(attention_module.Workspace, "usable", staticmethod(lambda: False))
+    monkeypatch.setattr(Workspace, "usable", staticmethod(lambda: False))
     requested.clear()
     with torch.inference_mode():
         fresh = encoder(x)
@@ -192,7 +193,7 @@ def test_encoder_workspace_is_off_under_autograd(
         p.requires_grad_(True)
     try:
         with torch.enable_grad():
-            assert not attention_module.Workspace.usable()
+            assert not Workspace.usable()
             encoder(x).square().mean().backward()
         assert all(p.grad is not None for p in trainable)
     finally:
@@ -200,12 +201,12 @@ def test_encoder_workspace_is_off_under_autograd(
             p.grad = None
             p.requires_grad_(False)
     with torch.no_grad():
-        assert attention_module.Workspace.usable()
+        assert Workspace.usable()
 
 
 def test_chunked_global_attention_takes_its_bias_buffer_from_the_workspace() -> None:
     q, k, v, rel_h, rel_w = _random_qkv(1, 2, (6, 5), 8, seed=7)
-    ws = attention_module.Workspace()
+    ws = Workspace()
     with torch.inference_mode():
         plain = rel_pos_attention(q, k, v, rel_h, rel_w, (6, 5), query_chunk=8)
         shared = rel_pos_attention(q, k, v, rel_h, rel_w, (6, 5), query_chunk=8, workspace=ws)
@@ -215,7 +216,7 @@ def test_chunked_global_attention_takes_its_bias_buffer_from_the_workspace() -> 
 
 
 def test_workspace_reuses_a_buffer_by_name_and_shape() -> None:
-    ws = attention_module.Workspace()
+    ws = Workspace()
     like = torch.zeros(1)
     a = ws.get("a", (4, 5), like)
     assert ws.get("a", (4, 5), like) is a

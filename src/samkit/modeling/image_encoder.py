@@ -7,8 +7,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ImageEncoderConfig
-from .attention import ViTAttention, Workspace, linear_into, window_partition, window_unpartition
+from .attention import ViTAttention, window_partition, window_unpartition
 from .common import LayerNorm2d, MLPBlock
+from .workspace import Workspace, linear_into
 
 __all__ = ["PatchEmbed", "ViTBlock", "ImageEncoderViT"]
 
