@@ -98,16 +98,20 @@ def test_batched_prompts_equal_single_prompts(
 
 
 def test_batch_of_image_embeddings_equals_one_by_one(tiny_sam: Sam, embedding: torch.Tensor) -> None:
-    """decode accepts (B, C, h, w) embeddings, one per prompt."""
-    embeddings = torch.cat([embedding, embedding.flip(-1), embedding * 0.5], dim=0)  # (3, C, h, w)
-    prompts = _prompts("points_boxes", 3, tiny_sam.img_size, seed=4)
-    with torch.inference_mode():
-        low_res, iou = tiny_sam.decode(embeddings, **prompts)
-        for i in range(3):
-            one = {name: value[i : i + 1] for name, value in prompts.items()}
-            single_low, single_iou = tiny_sam.decode(embeddings[i : i + 1], **one)
-            _assert_close(low_res[i : i + 1], single_low)
-            _assert_close(iou[i : i + 1], single_iou)
+    """decode accepts (B, C, h, w) embeddings, one per prompt (B above the prompt chunk: each
+    chunk takes its own embeddings and dense prompts)."""
+    embeddings = torch.cat([embedding * (1 - 0.1 * i) for i in range(PROMPT_CHUNK + 2)], dim=0)  # (B, C, h, w)
+    embeddings[1::2] = embeddings[1::2].flip(-1)
+    batch = embeddings.shape[0]
+    for kind in ("points_boxes", "mask"):
+        prompts = _prompts(kind, batch, tiny_sam.img_size, seed=4)
+        with torch.inference_mode():
+            low_res, iou = tiny_sam.decode(embeddings, **prompts)
+            for i in range(batch):
+                one = {name: value[i : i + 1] for name, value in prompts.items()}
+                single_low, single_iou = tiny_sam.decode(embeddings[i : i + 1], **one)
+                _assert_close(low_res[i : i + 1], single_low)
+                _assert_close(iou[i : i + 1], single_iou)
 
 
 def test_forward_equals_encode_then_decode(tiny_sam: Sam) -> None:
@@ -177,7 +181,7 @@ def test_factored_upscaling_equals_materialized(
 ) -> None:
     """The upscaling's first product reads the two-level factored image tokens with the cache's
     ``upscale_keys``; without them it multiplies the materialized tokens. Same masks; batches
-    above the transformer's prompt chunk (concatenated factors) included."""
+    above the decoder's prompt chunk included."""
     import dataclasses
 
     from samkit.modeling import mask_decoder

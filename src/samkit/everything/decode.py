@@ -57,7 +57,8 @@ class PointDecoder:
 
     @torch.inference_mode()
     def run(self, coords: Tensor) -> PointBatch:
-        """Transformer and IoU head for B points.
+        """Transformer and IoU head for B points, all in one pass (:meth:`decode` runs many
+        points a few at a time).
 
         Args:
             coords: (B, 2) ``(x, y)`` points in the resized-image (model input) pixel space;

@@ -91,15 +91,20 @@ class MaskDecoder(nn.Module):
             mask logits (B, M, 4h, 4w) and IoU predictions (B, M), M = 3 or 1.
         """
         b = sparse_prompt_embeddings.shape[0]
-        if cache is not None and b > PROMPT_CHUNK and not torch.jit.is_tracing():
-            # End to end a few prompts at a time: each prompt's image tokens (and their factors)
-            # are ~8 MB, upscaled while they are in the CPU cache and never concatenated.
+        if b > PROMPT_CHUNK and not torch.jit.is_tracing():
+            # End to end a few prompts at a time (the only place prompts are chunked): each
+            # prompt's image tokens (and their factors) are ~4-8 MB, upscaled while they are in
+            # the CPU cache and never concatenated.
+            def part(x: Tensor | None, s: int) -> Tensor | None:
+                """Rows s.. of a per-prompt (B, ...) tensor; a shared (1, ...) one as it is."""
+                return x[s : s + PROMPT_CHUNK] if x is not None and x.shape[0] == b else x
+
             parts = [
                 self.forward(
-                    image_embeddings,
+                    part(image_embeddings, s),  # type: ignore[arg-type]
                     image_pe,
                     sparse_prompt_embeddings[s : s + PROMPT_CHUNK],
-                    dense_prompt_embeddings,
+                    part(dense_prompt_embeddings, s),
                     multimask_output,
                     cache=cache,
                 )

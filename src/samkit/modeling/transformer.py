@@ -379,29 +379,6 @@ class NormedImage:
             base=self.base.select(index) if self.base is not None else None,
         )
 
-    @staticmethod
-    def cat(parts: list[NormedImage]) -> NormedImage:
-        """Concatenate prompt batches (parts of one image and layer)."""
-        first = parts[0]
-        bases = [p.base for p in parts]
-        return NormedImage(
-            materialized=_cat_or_none([p.materialized for p in parts]),
-            probs=torch.cat([p.probs for p in parts]),
-            mixed=torch.cat([p.mixed for p in parts]),
-            mean=torch.cat([p.mean for p in parts]),
-            rstd=torch.cat([p.rstd for p in parts]),
-            gain=first.gain,
-            bias=first.bias,
-            base=NormedImage.cat(bases) if all(b is not None for b in bases) else None,  # type: ignore[arg-type]
-        )
-
-
-def _cat_or_none(tensors: list[Tensor | None]) -> Tensor | None:
-    """torch.cat of the tensors, or None when any is None."""
-    if any(t is None for t in tensors):
-        return None
-    return torch.cat(tensors)  # type: ignore[arg-type]
-
 
 def image_tokens_of(image: Tensor | NormedImage) -> Tensor:
     """(B, N, C) image tokens, materialized."""
@@ -743,39 +720,11 @@ class TwoWayTransformer(nn.Module):
         Returns:
             tokens (B, K, C) (K = T by default) and image tokens (B, h*w, C), or with
             ``factored`` possibly their :class:`NormedImage`.
-        """
-        b = point_embedding.shape[0]
-        if b > PROMPT_CHUNK and not torch.jit.is_tracing():
-            # A few prompts at a time: each prompt's (N, C) image-side intermediates are ~4 MB, and
-            # a chunk that stays in the CPU cache beats one pass over (B, N, C) tensors in memory.
-            per_prompt_image = image_embedding is not None and image_embedding.shape[0] == b
-            parts = [
-                self._forward(
-                    image_embedding[s : s + PROMPT_CHUNK] if per_prompt_image else image_embedding,  # type: ignore[index]
-                    image_pe,
-                    point_embedding[s : s + PROMPT_CHUNK],
-                    cache,
-                    keep_tokens,
-                )
-                for s in range(0, b, PROMPT_CHUNK)
-            ]
-            tokens = torch.cat([p[0] for p in parts])
-            images = [p[1] for p in parts]
-            if factored and all(isinstance(i, NormedImage) for i in images):
-                return tokens, NormedImage.cat(images)  # type: ignore[arg-type]
-            return tokens, torch.cat([image_tokens_of(i) for i in images])
-        queries, image = self._forward(image_embedding, image_pe, point_embedding, cache, keep_tokens)
-        return queries, image if factored else image_tokens_of(image)
 
-    def _forward(
-        self,
-        image_embedding: Tensor | None,
-        image_pe: Tensor | None,
-        point_embedding: Tensor,
-        cache: ImageSideCache | None,
-        keep_tokens: int | None,
-    ) -> tuple[Tensor, Tensor | NormedImage]:
-        """:meth:`forward` for one chunk of prompts (image tokens possibly factored)."""
+        All B prompts run together: callers with many prompts pass a few at a time
+        (:data:`PROMPT_CHUNK`, as ``MaskDecoder.forward`` does), so that each prompt's ~4 MB of
+        (N, C) intermediates stays in the CPU cache.
+        """
         queries = point_embedding
         final = self.final_attn_token_to_image
         image: Tensor | NormedImage | None = None
@@ -803,7 +752,7 @@ class TwoWayTransformer(nn.Module):
             attn = final.tokens_to_image(q, keys + key_pe, keys)
         queries = self.norm_final_attn(queries + attn)
         if isinstance(image, NormedImage):
-            return queries, image
+            return queries, image if factored else keys
         if keys.shape[0] != queries.shape[0]:  # depth 0 with a shared image: give every prompt its copy
             keys = keys.expand(queries.shape[0], -1, -1)
         return queries, keys
