@@ -11,6 +11,10 @@ One rule for every command that takes many images (``samkit everything``, ``samk
 * files are not filtered by suffix: a file that is not an image is read, fails and is reported,
   never silently dropped;
 * a path found twice is kept once (the first time);
+* each file carries the path it had below the folder, or the fixed leading folders of the glob,
+  it was found through (``train/a.png`` for ``data/train/a.png`` found in ``data``); a file
+  named itself carries its name. Output formats that name images (COCO's ``file_name``) use it,
+  so ``train/a.png`` and ``val/a.png`` stay apart;
 * an ``exclude`` folder (the output folder, when it lies inside an input folder) is never
   entered by the recursion and its files never match a glob, so a rerun does not read its own
   outputs as inputs (a folder or file named itself is always read).
@@ -21,9 +25,24 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["expand_inputs"]
+__all__ = ["InputFile", "expand_inputs"]
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One file found in the inputs.
+
+    Attributes:
+        path: the file, as found (not resolved).
+        relative: its path below the folder (or the fixed leading folders of the glob pattern)
+            it was found through, '/'-separated; its name when it was named itself.
+    """
+
+    path: Path
+    relative: str
 
 
 def _is_hidden(path: Path) -> bool:
@@ -61,7 +80,7 @@ def expand_inputs(
     *,
     recursive: bool = False,
     exclude: Iterable[str | os.PathLike[str]] = (),
-) -> list[Path]:
+) -> list[InputFile]:
     """Files named by ``inputs``, by the rules in this module's docstring.
 
     Args:
@@ -76,28 +95,47 @@ def expand_inputs(
         FileNotFoundError: an input names nothing (no file or folder, or a glob matching no file).
     """
     excluded = [Path(e).expanduser().resolve() for e in exclude]
-    found: list[tuple[Path, bool]] = []  # (file, whether to check it against ``excluded``)
+    found: list[tuple[InputFile, bool]] = []  # (file, whether to check it against ``excluded``)
     for item in inputs:
         text = os.fspath(item)
         path = Path(text).expanduser()
         if path.is_dir():
-            found.extend((f, False) for f in _folder_files(path, recursive, excluded))
+            found.extend((InputFile(f, _relative(f, path)), False) for f in _folder_files(path, recursive, excluded))
         elif path.is_file():
-            found.append((path, False))
+            found.append((InputFile(path, path.name), False))
         elif glob.has_magic(text):
             matches = sorted(Path(m) for m in glob.glob(os.path.expanduser(text), recursive=True))
             files = [m for m in matches if m.is_file() and not _is_hidden(m)]
             if not files:
                 raise FileNotFoundError(f"input {text!r}: the pattern matches no file")
-            found.extend((f, True) for f in files)
+            base = _fixed_prefix(path)
+            found.extend((InputFile(f, _relative(f, base)), True) for f in files)
         else:
             raise FileNotFoundError(f"input {text!r}: no such file or folder")
-    unique: list[Path] = []
+    unique: list[InputFile] = []
     seen: set[Path] = set()
-    for path, check in found:
-        key = path.resolve()
+    for entry, check in found:
+        key = entry.path.resolve()
         if key in seen or (check and _under(key, excluded)):
             continue
         seen.add(key)
-        unique.append(path)
+        unique.append(entry)
     return unique
+
+
+def _fixed_prefix(pattern: Path) -> Path:
+    """The leading folders of a glob pattern that hold no wildcard (``data`` of ``data/**/*.png``)."""
+    fixed = []
+    for part in pattern.parts[:-1]:
+        if glob.has_magic(part):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path()
+
+
+def _relative(path: Path, base: Path) -> str:
+    """``path`` below ``base``, '/'-separated (the file name if it is not below it)."""
+    try:
+        return path.relative_to(base).as_posix()
+    except ValueError:
+        return path.name

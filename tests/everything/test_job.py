@@ -197,12 +197,16 @@ def test_cli(
     assert "hold no files" in capsys.readouterr().err
 
 
-def test_recursive_inputs_never_read_the_output_folder(tiny_model: Any, tmp_path: Path) -> None:
-    """--recursive reads subfolders; an output folder inside the input folder is not read back."""
-    root = tmp_path / "data"
+def _nested_images(root: Path) -> Path:
     for i, name in enumerate(["top.png", "train/a.png", "val/a.png"]):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(make_image(40, 56, seed=i)).save(root / name)
+    return root
+
+
+def test_recursive_inputs_never_read_the_output_folder(tiny_model: Any, tmp_path: Path) -> None:
+    """--recursive reads subfolders; an output folder inside the input folder is not read back."""
+    root = _nested_images(tmp_path / "data")
     out = root / "masks"
     flat = run_everything(_generator(tiny_model), [root], out, fmt="png", overlay=True)
     assert (flat.done, flat.failed) == (1, 0)  # without recursion: top.png only
@@ -212,6 +216,14 @@ def test_recursive_inputs_never_read_the_output_folder(tiny_model: Any, tmp_path
     assert len(names) == 3 and names[-1] == "top" and all(n.startswith("a-") for n in names[:2])
     again = run_everything(_generator(tiny_model), [root], out, fmt="png", overlay=True, recursive=True)
     assert (again.done, again.skipped, again.failed) == (0, 3, 0)
+
+
+def test_coco_file_names_are_relative_to_the_input_folder(tiny_model: Any, tmp_path: Path) -> None:
+    """train/a.png and val/a.png stay apart in the COCO file."""
+    root = _nested_images(tmp_path / "data")
+    run_everything(_generator(tiny_model), [root], root / "coco", fmt="coco", recursive=True)
+    images = json.loads((root / "coco" / "annotations.json").read_text())["images"]
+    assert sorted(i["file_name"] for i in images) == ["top.png", "train/a.png", "val/a.png"]
 
 
 def test_overlay_colours_distinct(tiny_model: Any, tmp_path: Path) -> None:

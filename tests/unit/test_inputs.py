@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from samkit.inputs import expand_inputs
+from samkit.inputs import InputFile, expand_inputs
 
 
 @pytest.fixture()
@@ -20,8 +20,8 @@ def tree(tmp_path: Path) -> Path:
     return tmp_path / "root"
 
 
-def _names(paths: list[Path], root: Path) -> list[str]:
-    return [p.relative_to(root).as_posix() for p in paths]
+def _names(found: list[InputFile], root: Path) -> list[str]:
+    return [f.path.relative_to(root).as_posix() for f in found]
 
 
 def test_folder_gives_its_visible_files_sorted_and_unfiltered(tree: Path) -> None:
@@ -40,6 +40,15 @@ def test_globs_files_and_duplicates(tree: Path) -> None:
     assert _names(found, tree) == ["b.png", "out/f.png", "sub/c.png", "sub/deep/d.png", ".hidden.png"]
     found = expand_inputs([str(tree / "**" / "*.png")], exclude=[tree / "out"])
     assert _names(found, tree) == ["b.png", "sub/c.png", "sub/deep/d.png"]
+
+
+def test_each_file_knows_its_path_below_the_folder_or_glob_it_came_from(tree: Path) -> None:
+    found = expand_inputs([tree, tree / "sub" / "c.png", str(tree / "sub" / "**" / "*.png")], recursive=True)
+    relative = {f.path.relative_to(tree).as_posix(): f.relative for f in found}
+    assert relative["b.png"] == "b.png" and relative["out/f.png"] == "out/f.png"
+    assert relative["sub/c.png"] == "sub/c.png"  # first found through the folder
+    flat = expand_inputs([tree / "sub" / "c.png", str(tree / "sub" / "**" / "*.png")])
+    assert [f.relative for f in flat] == ["c.png", "deep/d.png"]  # named itself; below the glob's sub/
 
 
 def test_a_folder_named_itself_is_read_even_when_excluded(tree: Path) -> None:

@@ -73,10 +73,15 @@ _METADATA_HEADER = (
 
 @dataclass(frozen=True)
 class ImageTask:
-    """One input image and the name of its output folder."""
+    """One input image, the name of its output folder, and its COCO ``file_name``.
+
+    ``file_name`` is the image's path below the input folder it was found in (see
+    :class:`samkit.inputs.InputFile`); empty means the file's name.
+    """
 
     path: Path
     name: str
+    file_name: str = ""
 
 
 @dataclass
@@ -175,17 +180,18 @@ def collect_inputs(
     Raises:
         FileNotFoundError: an input names nothing (no file, folder or glob match).
     """
-    unique = expand_inputs(inputs, recursive=recursive, exclude=exclude)
+    found = expand_inputs(inputs, recursive=recursive, exclude=exclude)
     stems: dict[str, int] = {}
-    for path in unique:
-        stems[path.stem] = stems.get(path.stem, 0) + 1
+    for entry in found:
+        stems[entry.path.stem] = stems.get(entry.path.stem, 0) + 1
     tasks = []
-    for path in unique:
+    for entry in found:
+        path = entry.path
         name = path.stem or "image"
         if stems[path.stem] > 1:
             digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
             name = f"{name}-{digest}"
-        tasks.append(ImageTask(path=path, name=name))
+        tasks.append(ImageTask(path=path, name=name, file_name=entry.relative))
     return tasks
 
 
@@ -277,7 +283,7 @@ class OutputWriter:
         marker.unlink(missing_ok=True)
         records = result.records
         payload = {
-            "file_name": result.task.path.name,
+            "file_name": result.task.file_name or result.task.path.name,
             "source": str(result.task.path),
             "height": result.height,
             "width": result.width,

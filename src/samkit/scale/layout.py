@@ -43,7 +43,7 @@ def list_images(
         FileNotFoundError: an input names nothing.
         ValueError: nothing to process.
     """
-    images = [str(p) for p in expand_inputs(inputs, recursive=recursive, exclude=exclude)]
+    images = [str(f.path) for f in expand_inputs(inputs, recursive=recursive, exclude=exclude)]
     if not images:
         hint = "" if recursive else " (images in subfolders? use --recursive / recursive=True)"
         raise ValueError(f"no files found in the inputs{hint}")
