@@ -14,7 +14,10 @@ One rule for every command that takes many images (``samkit everything``, ``samk
 * each file carries the path it had below the folder, or the fixed leading folders of the glob,
   it was found through (``train/a.png`` for ``data/train/a.png`` found in ``data``); a file
   named itself carries its name. Output formats that name images (COCO's ``file_name``) use it,
-  so ``train/a.png`` and ``val/a.png`` stay apart;
+  so ``train/a.png`` and ``val/a.png`` stay apart. Where two files would still carry the same
+  name (``a/img.png`` and ``b/img.png`` found through the folders ``a`` and ``b``), each gets
+  the name of its folder in front (``a/img.png``), and if that does not separate them either,
+  its absolute path;
 * an ``exclude`` folder (the output folder, when it lies inside an input folder) is never
   entered by the recursion and its files never match a glob, so a rerun does not read its own
   outputs as inputs (a folder or file named itself is always read).
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import glob
 import os
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +42,8 @@ class InputFile:
     Attributes:
         path: the file, as found (not resolved).
         relative: its path below the folder (or the fixed leading folders of the glob pattern)
-            it was found through, '/'-separated; its name when it was named itself.
+            it was found through, '/'-separated; its name when it was named itself; made
+            distinct from the other files' (see the module docstring).
     """
 
     path: Path
@@ -95,32 +100,48 @@ def expand_inputs(
         FileNotFoundError: an input names nothing (no file or folder, or a glob matching no file).
     """
     excluded = [Path(e).expanduser().resolve() for e in exclude]
-    found: list[tuple[InputFile, bool]] = []  # (file, whether to check it against ``excluded``)
+    found: list[tuple[InputFile, Path, bool]] = []  # (file, folder it is named below, check ``excluded``)
     for item in inputs:
         text = os.fspath(item)
         path = Path(text).expanduser()
         if path.is_dir():
-            found.extend((InputFile(f, _relative(f, path)), False) for f in _folder_files(path, recursive, excluded))
+            found.extend((InputFile(f, _relative(f, path)), path, False) for f in _folder_files(path, recursive, excluded))
         elif path.is_file():
-            found.append((InputFile(path, path.name), False))
+            found.append((InputFile(path, path.name), path.parent, False))
         elif glob.has_magic(text):
             matches = sorted(Path(m) for m in glob.glob(os.path.expanduser(text), recursive=True))
             files = [m for m in matches if m.is_file() and not _is_hidden(m)]
             if not files:
                 raise FileNotFoundError(f"input {text!r}: the pattern matches no file")
             base = _fixed_prefix(path)
-            found.extend((InputFile(f, _relative(f, base)), True) for f in files)
+            found.extend((InputFile(f, _relative(f, base)), base, True) for f in files)
         else:
             raise FileNotFoundError(f"input {text!r}: no such file or folder")
-    unique: list[InputFile] = []
+    unique: list[tuple[InputFile, Path]] = []
     seen: set[Path] = set()
-    for entry, check in found:
+    for entry, base, check in found:
         key = entry.path.resolve()
         if key in seen or (check and _under(key, excluded)):
             continue
         seen.add(key)
-        unique.append(entry)
-    return unique
+        unique.append((entry, base))
+    return _separate_names(unique)
+
+
+def _separate_names(entries: list[tuple[InputFile, Path]]) -> list[InputFile]:
+    """The files, with ``relative`` names that collide made distinct (see the module docstring)."""
+    counts = Counter(entry.relative for entry, _ in entries)
+    if all(n == 1 for n in counts.values()):
+        return [entry for entry, _ in entries]
+    prefixed = [
+        f"{base.resolve().name}/{entry.relative}" if counts[entry.relative] > 1 else entry.relative
+        for entry, base in entries
+    ]
+    again = Counter(prefixed)
+    return [
+        InputFile(entry.path, name if again[name] == 1 else entry.path.resolve().as_posix())
+        for (entry, _), name in zip(entries, prefixed, strict=True)
+    ]
 
 
 def _fixed_prefix(pattern: Path) -> Path:

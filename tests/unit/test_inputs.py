@@ -51,6 +51,16 @@ def test_each_file_knows_its_path_below_the_folder_or_glob_it_came_from(tree: Pa
     assert [f.relative for f in flat] == ["c.png", "deep/d.png"]  # named itself; below the glob's sub/
 
 
+def test_names_that_would_collide_are_told_apart(tmp_path: Path) -> None:
+    for name in ["a/img.png", "b/img.png", "b/other.png", "x/data/img.png", "y/data/img.png"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    found = expand_inputs([tmp_path / "a", tmp_path / "b"])
+    assert [f.relative for f in found] == ["a/img.png", "b/img.png", "other.png"]  # only colliding ones prefixed
+    found = expand_inputs([tmp_path / "x" / "data", tmp_path / "y" / "data"])
+    assert [f.relative for f in found] == [(tmp_path / p).resolve().as_posix() for p in ["x/data/img.png", "y/data/img.png"]]
+
+
 def test_a_folder_named_itself_is_read_even_when_excluded(tree: Path) -> None:
     assert _names(expand_inputs([tree / "out"], exclude=[tree / "out"]), tree) == ["out/f.png"]
 
