@@ -195,7 +195,9 @@ def load_image(
 
     Raises:
         ImageReadError: Missing file, not an image, truncated/corrupt data, too many pixels,
-            or pixel data samkit cannot convert.
+            or pixel data samkit cannot convert. Any failure of a decoder on a file's
+            contents (PIL raises ``SyntaxError``, ``ValueError``, ``struct.error``, ... on
+            some corrupt files) becomes this one error, naming the file.
         TypeError: ``source`` is of an unsupported type.
     """
     if isinstance(source, np.ndarray):
@@ -232,6 +234,12 @@ def load_image(
         raise ImageReadError(f"cannot read {name}: too many pixels ({e})") from e
     except OSError as e:
         raise ImageReadError(f"cannot read {name}: truncated or corrupt image ({e})") from e
+    except ImageReadError:
+        raise
+    except (MemoryError, RecursionError) as e:
+        raise ImageReadError(f"cannot read {name}: the decoder ran out of resources ({type(e).__name__})") from e
+    except Exception as e:  # noqa: BLE001 - any other decoder failure (PIL raises SyntaxError, ValueError, ...)
+        raise ImageReadError(f"cannot read {name}: corrupt image ({type(e).__name__}: {e})") from e
 
 
 def _check_pixels(count: int, max_pixels: int | None, name: str) -> None:

@@ -306,8 +306,8 @@ class SegmentationService:
             raise UnsupportedImage(
                 "not an image file samkit can read (expected PNG, JPEG, WebP, BMP, TIFF, ...)"
             ) from None
-        except (OSError, ValueError) as exc:
-            raise UnsupportedImage(f"cannot read the image header ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 - any decoder failure (OSError, SyntaxError, ...) is the file's fault
+            raise UnsupportedImage(f"cannot read the image header ({type(exc).__name__}: {exc})") from None
         if width * height > self.max_image_pixels:
             raise PayloadTooLarge(
                 f"image of {width}x{height} = {width * height} pixels exceeds the limit of "
