@@ -600,15 +600,20 @@ class TwoWayAttentionBlock(nn.Module):
         return queries, self.norm4(pre)
 
     def _normed(self, pre: Tensor, probs: Tensor, mixed: Tensor, base: NormedImage | None) -> NormedImage:
-        """norm4 of ``pre`` = K + P^T M (B, N, C), kept with its factors and statistics."""
+        """norm4 of ``pre`` = K + P^T M (B, N, C), kept with its factors and statistics.
+
+        The statistics are kept in the compute dtype: ``native_layer_norm`` returns them in
+        float32 for half-precision input on CUDA (in the input dtype on CPU), and every
+        factored product that reads them must not mix dtypes.
+        """
         norm = self.norm4
         out, mean, rstd = torch.native_layer_norm(pre, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
         return NormedImage(
             materialized=out,
             probs=probs,
             mixed=mixed,
-            mean=mean.transpose(1, 2),  # (B, 1, N)
-            rstd=rstd.transpose(1, 2),  # (B, 1, N)
+            mean=mean.to(out.dtype).transpose(1, 2),  # (B, 1, N)
+            rstd=rstd.to(out.dtype).transpose(1, 2),  # (B, 1, N)
             gain=norm.weight,
             bias=norm.bias,
             base=base,
