@@ -6,9 +6,10 @@ import argparse
 import os
 from pathlib import Path
 
-__all__ = ["add_model_args", "load_model", "parse_floats", "existing_file"]
+__all__ = ["add_model_args", "load_model", "model_device", "parse_floats", "existing_file"]
 
 MODEL_CHOICES = ("vit_b", "vit_l", "vit_h", "vit_t")
+DTYPE_CHOICES = ("float32", "bfloat16", "float16", "auto")
 
 
 def add_model_args(parser: argparse.ArgumentParser, *, default_model: str = "vit_b") -> None:
@@ -23,23 +24,48 @@ def add_model_args(parser: argparse.ArgumentParser, *, default_model: str = "vit
     group.add_argument(
         "--dtype",
         default="float32",
-        choices=("float32", "bfloat16"),
-        help="float32 is exact; bfloat16 is the fast mode (~2-3x faster on CPUs with bf16 support)",
+        choices=DTYPE_CHOICES,
+        help="float32 is exact; bfloat16 is the fast mode (~2-3x faster on CPUs with bf16 support); "
+        "float16 on GPUs only; auto lets build_sam choose for the device",
     )
-    group.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if available)")
+    group.add_argument(
+        "--device",
+        default="auto",
+        help="auto (default: cuda, then mps, then cpu), cpu, cuda, cuda:N, mps or gpu",
+    )
 
 
 def load_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """Build the model named by the common options."""
-    import torch
+    """Build the model named by the common options.
 
+    Raises:
+        samkit.cli.UserError: a device this machine lacks, or a dtype it cannot run.
+    """
     from ..build import build_sam
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = model_device(args)
     checkpoint = args.checkpoint
     if checkpoint is not None:
         checkpoint = existing_file(checkpoint, "--checkpoint")
+    # "auto" goes to build_sam as it is: build_sam chooses the dtype for the device.
     return build_sam(args.model, checkpoint, device=device, dtype=args.dtype)
+
+
+def model_device(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The torch device named by ``--device``, checked on this machine together with ``--dtype``.
+
+    Raises:
+        samkit.cli.UserError: an unknown device, one this machine lacks, or float16 on a CPU.
+    """
+    from ..devices import DeviceUnavailable, check_dtype_supported, resolve_device
+    from . import UserError
+
+    try:
+        device = resolve_device(getattr(args, "device", None))
+        check_dtype_supported(device, getattr(args, "dtype", "float32"))
+    except DeviceUnavailable as exc:
+        raise UserError(f"--device/--dtype: {exc}") from None
+    return device
 
 
 def existing_file(path: str | os.PathLike[str], option: str) -> Path:

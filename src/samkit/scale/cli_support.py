@@ -75,11 +75,9 @@ def model_factory(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def build_worker_model(variant: str, checkpoint: str, device: str | None, dtype: str) -> Any:
-    """Build one replica in the worker process: on CUDA when that worker has a GPU, else CPU."""
-    import torch
-
+    """Build one replica in the worker process, on ``device`` as this worker sees it
+    (``auto``/None: its GPU when Ray gave it one, else the CPU; see :func:`samkit.devices.resolve_device`)."""
     from ..build import build_sam
+    from ..devices import resolve_device
 
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return build_sam(variant, checkpoint, device=device, dtype=dtype)
+    return build_sam(variant, checkpoint, device=resolve_device(device), dtype=dtype)
