@@ -37,10 +37,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run(args: argparse.Namespace) -> int:
     """Run ``samkit embed``; returns 0, or 1 when some images failed."""
+    from ..outputs import check_output_dir
     from ..scale import run_job
     from ..scale.cli_support import engine_kwargs, model_factory
 
     engine = engine_kwargs(args)
+    check_output_dir(args.out, what="--out")  # before the model loads: one line, exit 2
     factory, job_id = model_factory(args)
     from tqdm.contrib.logging import logging_redirect_tqdm
 

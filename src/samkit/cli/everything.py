@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``samkit everything``; 0 if every input was segmented (or already done), 1 if some failed."""
     from ..everything import SamAutomaticMaskGenerator
     from ..everything.job import collect_inputs, run_everything
+    from ..outputs import check_output_dir
     from ..scale.cli_support import engine_kwargs
     from . import UserError
 
@@ -84,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         hint = "empty folders?" if args.recursive else "empty folders? for subfolders add --recursive"
         print(f"samkit everything: warning: the inputs hold no files ({hint})", file=sys.stderr)
     engine = engine_kwargs(args)  # checks --workers / --ray-address / --threads and that Ray is there
+    check_output_dir(args.out, what="--out")  # before the model loads: one line, exit 2
     checkpoint = None if args.checkpoint is None else str(existing_file(args.checkpoint, "--checkpoint").resolve())
     # The same signature for both engines: it is recorded in the outputs, which do not depend on the engine.
     signature = {"model": args.model, "checkpoint": checkpoint, "dtype": args.dtype, **kwargs}

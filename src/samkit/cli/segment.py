@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -80,6 +81,30 @@ def _out_path(base: Path, index: int | None) -> Path:
     return base.with_name(f"{base.stem}_{index}{base.suffix or '.png'}")
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """--out and --overlay: a known format for the suffix and a writable folder, before any work.
+
+    Raises:
+        samkit.cli.UserError: a suffix that is not .png for --out, an unknown image suffix for
+            --overlay.
+        samkit.outputs.OutputPathError: a missing or unwritable folder.
+    """
+    from PIL import Image
+
+    from ..outputs import check_output_file
+    from . import UserError
+
+    if Path(args.out).suffix.lower() != ".png":
+        raise UserError(f"--out: masks are written as PNG; give a file name ending in .png, got {args.out!r}")
+    check_output_file(args.out, what="--out")
+    if args.overlay:
+        if Path(args.overlay).suffix.lower() not in Image.registered_extensions():
+            raise UserError(
+                f"--overlay: cannot tell the image format from {args.overlay!r}; end it in .png, .jpg, .webp, ..."
+            )
+        check_output_file(args.overlay, what="--overlay")
+
+
 def run(args: argparse.Namespace) -> int:
     """Segment and write the outputs; prints scores."""
     import numpy as np
@@ -90,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
 
     image_path = existing_file(args.image, "IMAGE")
     point_coords, point_labels, boxes = _parse_prompts(args)
+    _check_outputs(args)
     image = load_image(image_path)
     h, w = image.shape[:2]
     for name, arr in (("--point", point_coords), ("--box", boxes)):
@@ -99,8 +125,10 @@ def run(args: argparse.Namespace) -> int:
                 raise UserError(f"{name}: coordinates must lie inside the {w}x{h} image")
 
     t0 = time.perf_counter()
+    print(f"samkit segment: loading {args.model} ...", file=sys.stderr, flush=True)
     model = load_model(args)
     t1 = time.perf_counter()
+    print(f"samkit segment: encoding the {w}x{h} image ...", file=sys.stderr, flush=True)
     predictor = SamPredictor(model)
     predictor.set_image(image)
     t2 = time.perf_counter()
@@ -117,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
     best = scores.argmax(axis=1)  # (B,)
     out = Path(args.out)
     written: list[str] = []
+    areas: list[int] = []  # one per mask file written
     if args.all_masks:
         for b in range(masks.shape[0]):
             for c in range(masks.shape[1]):
@@ -124,23 +153,27 @@ def run(args: argparse.Namespace) -> int:
                 path = _out_path(out, index)
                 save_mask_png(path, masks[b, c])
                 written.append(str(path))
+                areas.append(int(masks[b, c].sum()))
         chosen = masks[np.arange(masks.shape[0]), best]  # (B, H, W)
     else:
         chosen = masks[np.arange(masks.shape[0]), best]  # (B, H, W)
         save_mask_png(out, chosen.any(axis=0))
         written.append(str(out))
+        areas = [int(m.sum()) for m in chosen]  # the best mask of each object (the file holds their union)
     if args.overlay:
         picture = draw_overlay(image, chosen, points=point_coords, labels=point_labels, boxes=boxes)
         save_image(args.overlay, picture)
         written.append(str(args.overlay))
 
+    rounded = [[round(float(s), 4) for s in row] for row in scores]
     result = {
         "image": str(image_path),
         "size": [w, h],
         "model": args.model,
-        "scores": scores.round(4).tolist() if scores.shape[0] > 1 else scores[0].round(4).tolist(),
+        # Python floats rounded to 4 digits (float32 values rounded in float32 print as -0.020400000736117363).
+        "scores": rounded if scores.shape[0] > 1 else rounded[0],
         "best": best.tolist() if scores.shape[0] > 1 else int(best[0]),
-        "mask_area": [int(m.sum()) for m in chosen],
+        "mask_area": areas,
         "written": written,
         "seconds": {"load": round(t1 - t0, 3), "encode": round(t2 - t1, 3), "predict": round(t3 - t2, 4)},
     }

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..inputs import expand_inputs
+from ..outputs import remove_stale_temp_files
 from ..io import (
     ImageReadError,
     atomic_write_text,
@@ -429,6 +430,7 @@ def run_everything(
         engine = local_engine(generator, progress=progress)
     start = time.perf_counter()
     tasks = collect_inputs(inputs, recursive=recursive, exclude=[out_dir])
+    remove_stale_temp_files(out_dir)  # left by a run killed mid-write
     writer = OutputWriter(out_dir, fmt, overlay=overlay, signature=signature or {})
     summary = JobSummary()
     pending = []

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..io import atomic_write_bytes, atomic_write_text
 from ..modeling import Sam
+from ..outputs import remove_stale_temp_files
 from .layout import JOB_FILE_NAME, MANIFEST_NAME, list_images, read_json, work_items
 from .work import ImageResult, WorkItem, output_bytes
 
@@ -143,6 +144,7 @@ def run_job(
     images = list_images(list(inputs), recursive=recursive, exclude=[out_dir])
     items = work_items(kind, images)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(out)  # left by a run killed mid-write
     _claim(out, settings)
     for subdir in {str(Path(item.output).parent) for item in items}:
         (out / subdir).mkdir(parents=True, exist_ok=True)
