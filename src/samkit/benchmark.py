@@ -14,7 +14,6 @@ import importlib.util
 import json
 import logging
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -27,6 +26,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from .hardware import machine_info
 
 logger = logging.getLogger(__name__)
 
@@ -654,25 +655,8 @@ def run_benchmark(
 
 
 def machine_description() -> dict[str, Any]:
-    """What the numbers were measured on."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info: dict[str, Any] = {
-        "cpu": cpu,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
+    """What the numbers were measured on: CPU model and flags, torch's CPU capability, threads, GPU."""
+    return machine_info().as_dict()
 
 
 def _fmt(value: float | None, unit: str = "s") -> str:
@@ -684,8 +668,10 @@ def _fmt(value: float | None, unit: str = "s") -> str:
 
 
 def format_table(rows: list[BenchRow]) -> str:
-    """Markdown table of the results."""
+    """Markdown table of the results, after a line naming the machine (CPU, flags, threads)."""
     lines = [
+        f"Machine: {machine_info().header()}",
+        "",
         "| row | baseline | baseline time | samkit time | speed-up | peak mem baseline / samkit | check |",
         "|---|---|---|---|---|---|---|",
     ]

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from samkit.benchmark import BenchRow, Timings, format_table, time_alternating, to_json
 from samkit.cli import main
@@ -33,7 +34,9 @@ def test_table_shows_round_spread_and_failures() -> None:
         BenchRow("single round", "official", 0.3, 0.1, round_ratios=[3.0]),
         BenchRow("broken", "official", 1.0, 1.0, check="outputs differ", ok=False),
     ]
-    table = format_table(rows).splitlines()
+    lines = format_table(rows).splitlines()
+    assert lines[0].startswith("Machine: CPU ") and "torch CPU capability" in lines[0]
+    table = lines[2:]
     assert "| 2.00x (1.90-2.20 per round) |" in table[2]
     assert "| 3.00x |" in table[3] and "per round" not in table[3]  # one round: no spread to show
     assert "**FAILED**" in table[4] and "**FAILED**" not in table[2]
@@ -59,3 +62,11 @@ def test_bench_cli_runs_a_real_row(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         assert len(row["round_ratios"]) >= 2
     assert rows["set_image vit_t fp32"]["check"].startswith("embedding max|diff|")
     assert doc["machine"]["threads"] == 2
+
+
+def test_json_names_the_machine() -> None:
+    """Figures from different machines are never compared blind: CPU flags and capability travel along."""
+    doc = json.loads(to_json([BenchRow("row", "official", 2.0, 1.0)]))
+    machine = doc["machine"]
+    assert machine["cpu"] and machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert isinstance(machine["cpu_flags"], list) and machine["threads"] == torch.get_num_threads()

@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the rows, print a markdown table; exit 1 if an output check failed."""
     import torch
 
-    from ..benchmark import ROWS, format_table, machine_description, run_benchmark, to_json
+    from ..benchmark import ROWS, format_table, run_benchmark, to_json
+    from ..hardware import machine_info
     from ..io import atomic_write_text
     from . import UserError
 
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.threads:
             torch.set_num_threads(args.threads)
-        print(f"machine: {machine_description()}", flush=True)
+        print(f"machine: {machine_info().header()}", flush=True)
         results = run_benchmark(rows, rounds=args.rounds, baselines=args.baselines, device=args.device, on_row=show)
     finally:
         torch.set_num_threads(threads_before)  # main() may be called in-process (tests, notebooks)
