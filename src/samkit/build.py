@@ -7,8 +7,9 @@ import os
 
 import torch
 
-from .config import VARIANTS, SamConfig, get_config
+from .config import VARIANTS, HQSamConfig, SamConfig, get_config
 from .modeling import Sam
+from .modeling.hq_sam import HQSam
 from .weights import load_state_dict_strict, read_state_dict, resolve_checkpoint
 
 __all__ = ["build_sam", "sam_model_registry", "SUPPORTED_DTYPES"]
@@ -19,6 +20,7 @@ SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 # MobileSAM checkpoints carry TinyViT's unused classification head.
 _IGNORED_PREFIXES = {"vit_t": ("image_encoder.head.", "image_encoder.norm_head.")}
+_IGNORED_PREFIXES["hq_vit_tiny"] = _IGNORED_PREFIXES["vit_t"]  # HQ-SAM's light model: the same TinyViT
 
 
 def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
@@ -54,7 +56,8 @@ def build_sam(
     """Build a SAM model in eval mode and load its weights.
 
     Args:
-        variant: "vit_b", "vit_l", "vit_h", "vit_t" or a :class:`SamConfig`.
+        variant: "vit_b", "vit_l", "vit_h", "vit_t", HQ-SAM's "hq_vit_b", "hq_vit_l", "hq_vit_h",
+            "hq_vit_tiny" (an :class:`samkit.modeling.hq_sam.HQSam`) or a :class:`SamConfig`.
         checkpoint: a ``.pth``/``.pt`` or ``.safetensors`` file. ``None`` downloads the official
             file of a named variant into the cache (``$SAMKIT_HOME``), verified by sha256;
             for a custom :class:`SamConfig`, ``None`` leaves the weights randomly initialised.
@@ -75,7 +78,7 @@ def build_sam(
     config = get_config(variant)
     target_dtype = _parse_dtype(dtype)
     name = _official_variant(config)
-    model = Sam(config)
+    model = HQSam(config) if isinstance(config, HQSamConfig) else Sam(config)
     if checkpoint is None and name is None:
         logger.info("custom config %r without checkpoint: weights are randomly initialised", config.name)
     else:

@@ -14,6 +14,7 @@ __all__ = [
     "PromptEncoderConfig",
     "MaskDecoderConfig",
     "SamConfig",
+    "HQSamConfig",
     "VARIANTS",
     "get_config",
 ]
@@ -114,6 +115,25 @@ class SamConfig:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class HQSamConfig(SamConfig):
+    """HQ-SAM (Ke et al., 2023): a SAM 1 encoder and decoder plus an HQ output token.
+
+    The HQ decoder fuses the final image embedding with early encoder features: the tokens
+    after the first global-attention block of a ViT, or after the second stage of TinyViT.
+    """
+
+    @property
+    def early_feature_dim(self) -> int:
+        """Channels of the early encoder features the HQ decoder reads (ViT width; TinyViT: 160)."""
+        encoder = self.image_encoder
+        if isinstance(encoder, ImageEncoderConfig):
+            return encoder.embed_dim
+        if len(encoder.embed_dims) < 3:
+            raise ValueError("HQ-SAM with TinyViT needs at least 3 stages (it reads the output of stage 1)")
+        return encoder.embed_dims[2]  # stage 1 ends with the patch merging to the next width
+
+
 VARIANTS: dict[str, SamConfig] = {
     "vit_b": SamConfig(
         name="vit_b",
@@ -135,10 +155,15 @@ VARIANTS: dict[str, SamConfig] = {
     ),
     "vit_t": SamConfig(name="vit_t", image_encoder=TinyViTConfig()),
 }
+# HQ-SAM: the encoders of SAM 1 (hq_vit_b/l/h) and of MobileSAM (hq_vit_tiny) under an HQ decoder.
+VARIANTS.update(
+    {f"hq_{base}": HQSamConfig(name=f"hq_{base}", image_encoder=VARIANTS[base].image_encoder) for base in ("vit_b", "vit_l", "vit_h")}
+)
+VARIANTS["hq_vit_tiny"] = HQSamConfig(name="hq_vit_tiny", image_encoder=TinyViTConfig())
 
 
 def get_config(variant: str | SamConfig) -> SamConfig:
-    """Look up a variant name ("vit_b", "vit_l", "vit_h", "vit_t") or pass a config through.
+    """Look up a variant name ("vit_b", "vit_l", "vit_h", "vit_t", "hq_vit_b", ...) or pass a config through.
 
     Raises:
         ValueError: unknown variant name.

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from .io import to_rgb_uint8
 from .modeling import ImageSideCache, Sam
+from .modeling.hq_sam import HQImageCache, HQSam
 from .prompts import as_boxes, as_labels, as_mask_input, as_points
 from .transforms import ResizeLongestSide, map_boxes, map_coords, postprocess_masks, postprocess_to_masks
 
@@ -56,7 +57,7 @@ class SamPredictor:
         self.features: Tensor | None = None
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
-        self._cache: ImageSideCache | None = None
+        self._cache: ImageSideCache | HQImageCache | None = None
 
     def set_image(self, image: np.ndarray | Image.Image, image_format: str = "RGB") -> None:
         """Encode an image; prompts given later refer to its pixels.
@@ -99,8 +100,7 @@ class SamPredictor:
         self.original_size = (int(original_image_size[0]), int(original_image_size[1]))
         self.input_size = (int(transformed_image.shape[-2]), int(transformed_image.shape[-1]))
         images = self.model.preprocess(transformed_image.to(self.device))
-        self.features = self.model.encode_image(images)
-        self._cache = self.model.decoder_cache(self.features)
+        self.features, self._cache = self.model.encode_for_decoding(images)
         self.is_image_set = True
 
     def get_image_embedding(self) -> Tensor:
@@ -110,7 +110,10 @@ class SamPredictor:
         return self.features
 
     def save_embedding(self, path: str | os.PathLike[str]) -> None:
-        """Save the current embedding (safetensors, no pickle) to reuse it without re-encoding."""
+        """Save the current embedding (safetensors, no pickle) to reuse it without re-encoding.
+
+        HQ-SAM models also save the image's (1, 32, 256, 256) HQ features (``hq_features``).
+        """
         from safetensors.torch import save
 
         from .io import atomic_write_bytes
@@ -123,7 +126,10 @@ class SamPredictor:
             "original_size": json.dumps(self.original_size),
             "input_size": json.dumps(self.input_size),
         }
-        atomic_write_bytes(path, save({"features": self.features.float().cpu().contiguous()}, metadata=meta))
+        tensors = {"features": self.features.float().cpu().contiguous()}
+        if isinstance(self._cache, HQImageCache):
+            tensors["hq_features"] = self._cache.hq_features.float().cpu().contiguous()
+        atomic_write_bytes(path, save(tensors, metadata=meta))
 
     def load_embedding(self, path: str | os.PathLike[str]) -> None:
         """Load an embedding written by :meth:`save_embedding`; then predict as after ``set_image``."""
@@ -133,6 +139,7 @@ class SamPredictor:
             with safe_open(os.fspath(path), framework="pt") as handle:
                 meta = handle.metadata() or {}
                 features = handle.get_tensor("features")
+                hq_features = handle.get_tensor("hq_features") if "hq_features" in handle.keys() else None
         except FileNotFoundError:
             raise FileNotFoundError(f"embedding file not found: {path}") from None
         except Exception as exc:
@@ -147,12 +154,21 @@ class SamPredictor:
         expected = (1, self.model.prompt_encoder.embed_dim, *self.model.prompt_encoder.image_embedding_size)
         if tuple(features.shape) != expected:
             raise ValueError(f"{path}: embedding has shape {tuple(features.shape)}, expected {expected}")
+        hq_expected = (1, expected[1] // 8, 4 * expected[2], 4 * expected[3])
+        if isinstance(self.model, HQSam) and (hq_features is None or tuple(hq_features.shape) != hq_expected):
+            found = "none" if hq_features is None else str(tuple(hq_features.shape))
+            raise ValueError(f"{path}: HQ features have shape {found}, expected {hq_expected}")
         self.reset_image()
         self.original_size = tuple(json.loads(meta["original_size"]))  # type: ignore[assignment]
         self.input_size = tuple(json.loads(meta["input_size"]))  # type: ignore[assignment]
         with torch.inference_mode():
             self.features = features.to(device=self.device, dtype=self.model.dtype)
-            self._cache = self.model.decoder_cache(self.features)
+            if isinstance(self.model, HQSam):
+                assert hq_features is not None
+                hq = hq_features.to(device=self.device, dtype=self.model.dtype)
+                self._cache = self.model.hq_cache(self.features, hq)
+            else:
+                self._cache = self.model.decoder_cache(self.features)
         self.is_image_set = True
 
     def _require_image(self) -> None:
@@ -168,6 +184,8 @@ class SamPredictor:
         mask_input: np.ndarray | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        *,
+        hq_token_only: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Predict masks for prompts given in original-image pixels.
 
@@ -177,11 +195,14 @@ class SamPredictor:
             box: (4,) x0, y0, x1, y1; or (B, 4) for B boxes (the points and mask_input, if given,
                 apply to each box).
             mask_input: (1, 256, 256) low-res logits from a previous call.
-            multimask_output: 3 candidate masks instead of 1.
+            multimask_output: 3 candidate masks instead of 1 (HQ-SAM: 1 mask either way, whose
+                SAM part is the best of the 3 instead of the single-mask output).
             return_logits: return mask logits instead of booleans.
+            hq_token_only: HQ-SAM models only: the HQ token's mask alone, without SAM's mask
+                added (the official ``hq_token_only``); True raises ValueError for other models.
 
         Returns:
-            masks (C, H, W), scores (C,), low_res_logits (C, 256, 256); with B > 1 boxes each gets a
+            masks (C, H, W), scores (C,), low_res_logits (C, 256, 256) (C = 1 for HQ-SAM); with B > 1 boxes each gets a
             leading B axis: (B, C, H, W), (B, C), (B, C, 256, 256). (A (1, 4) box returns the
             unbatched shapes, as the official predictor does.)
         """
@@ -210,7 +231,13 @@ class SamPredictor:
             if mask_t is not None:
                 mask_t = mask_t.expand(batch, -1, -1, -1)
         masks, scores, low_res = self.predict_torch(
-            coords_t, labels_t, boxes_t, mask_t, multimask_output=multimask_output, return_logits=return_logits
+            coords_t,
+            labels_t,
+            boxes_t,
+            mask_t,
+            multimask_output=multimask_output,
+            return_logits=return_logits,
+            hq_token_only=hq_token_only,
         )
         masks_np, scores_np, low_np = masks.cpu().numpy(), scores.cpu().numpy(), low_res.cpu().numpy()
         if batch == 1:
@@ -226,6 +253,8 @@ class SamPredictor:
         mask_input: Tensor | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        *,
+        hq_token_only: bool = False,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Predict masks for a batch of prompts already mapped to the resized image.
 
@@ -237,15 +266,21 @@ class SamPredictor:
             point_labels: (B, N) int in {0, 1} (-1 marks padding points).
             boxes: (B, 4) float.
             mask_input: (B, 1, 256, 256) logits.
-            multimask_output: 3 masks per prompt instead of 1.
+            multimask_output: 3 masks per prompt instead of 1 (HQ-SAM: see :meth:`predict`).
             return_logits: logits instead of booleans.
+            hq_token_only: HQ-SAM models only (see :meth:`predict`).
 
         Returns:
-            masks (B, C, H, W), iou predictions (B, C), low-res logits (B, C, 256, 256).
+            masks (B, C, H, W), iou predictions (B, C), low-res logits (B, C, 256, 256); C = 1 for HQ-SAM.
         """
         self._require_image()
         assert self.features is not None and self.original_size is not None and self.input_size is not None
         _check_torch_prompts(point_coords, point_labels, boxes, mask_input)
+        hq_options: dict[str, bool] = {}
+        if isinstance(self.model, HQSam):
+            hq_options["hq_token_only"] = bool(hq_token_only)
+        elif hq_token_only:
+            raise ValueError(f"hq_token_only: only HQ-SAM models (hq_vit_*) have an HQ token, not {self.model.config.name}")
         if point_coords is None and boxes is None and mask_input is None:
             logger.debug("predict without prompts: decoding the 'no prompt' token only")
         low_res, iou = self.model.decode(
@@ -255,7 +290,8 @@ class SamPredictor:
             boxes,
             mask_input,
             multimask_output=multimask_output,
-            cache=self._cache,
+            cache=self._cache,  # type: ignore[arg-type]
+            **hq_options,
         )
         if return_logits:
             masks = postprocess_masks(low_res, self.input_size, self.original_size, self.model.img_size)

@@ -123,6 +123,14 @@ CHECKPOINTS: dict[str, CheckpointInfo] = {
         size_bytes=40_728_226,
     ),
 }
+# HQ-SAM's released files (SysCV/sam-hq, mirrored on Hugging Face as lkeab/hq-sam). No public
+# sha256 or byte size was found for them, so they download unverified (a WARNING says so),
+# as the table allows for unknown digests.
+_HQ_BASE = "https://huggingface.co/lkeab/hq-sam/resolve/main/"
+for _variant in ("hq_vit_b", "hq_vit_l", "hq_vit_h", "hq_vit_tiny"):
+    _file = "sam_" + _variant + ".pth"
+    CHECKPOINTS[_variant] = CheckpointInfo(variant=_variant, filename=_file, url=_HQ_BASE + _file, sha256=None, size_bytes=None)
+del _variant, _file
 
 # Encoder width / depth of the ViT variants, used to recognise a checkpoint.
 _WIDTH_TO_VARIANT = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
@@ -551,7 +559,8 @@ def infer_variant(state_dict: Mapping[str, torch.Tensor]) -> str | None:
 
     ``image_encoder.layers.*`` keys mean TinyViT (``vit_t``). Otherwise the ViT width (last
     dim of ``image_encoder.pos_embed``: 768/1024/1280) and depth (number of
-    ``image_encoder.blocks.<i>``: 12/24/32) name vit_b/vit_l/vit_h.
+    ``image_encoder.blocks.<i>``: 12/24/32) name vit_b/vit_l/vit_h. An HQ output token
+    (``mask_decoder.hf_token.weight``) makes them hq_vit_b/l/h, and ``vit_t`` hq_vit_tiny.
 
     Args:
         state_dict: Checkpoint tensors by name.
@@ -559,6 +568,14 @@ def infer_variant(state_dict: Mapping[str, torch.Tensor]) -> str | None:
     Returns:
         The variant, or None when the evidence is missing or contradictory.
     """
+    base = _sam1_variant(state_dict)
+    if base is None or "mask_decoder.hf_token.weight" not in state_dict:
+        return base
+    return "hq_vit_tiny" if base == "vit_t" else "hq_" + base
+
+
+def _sam1_variant(state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    """:func:`infer_variant` from the image encoder alone (vit_b/l/h, vit_t or None)."""
     tiny, width, depth = _encoder_facts(state_dict)
     if tiny:
         return "vit_t" if depth is None else None
@@ -572,6 +589,11 @@ def infer_variant(state_dict: Mapping[str, torch.Tensor]) -> str | None:
 
 
 def _describe_encoder(state_dict: Mapping[str, torch.Tensor]) -> str:
+    hq = "mask_decoder.hf_token.weight" in state_dict
+    return _describe_sam1_encoder(state_dict) + (" and an HQ output token" if hq else "")
+
+
+def _describe_sam1_encoder(state_dict: Mapping[str, torch.Tensor]) -> str:
     tiny, width, depth = _encoder_facts(state_dict)
     if tiny:
         return "a TinyViT image encoder (image_encoder.layers.*)"

@@ -87,7 +87,7 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 
 def test_table_is_consistent() -> None:
-    assert set(CHECKPOINTS) == {"vit_b", "vit_l", "vit_h", "vit_t"}
+    assert set(CHECKPOINTS) == {"vit_b", "vit_l", "vit_h", "vit_t", "hq_vit_b", "hq_vit_l", "hq_vit_h", "hq_vit_tiny"}
     for variant, info in CHECKPOINTS.items():
         assert info.variant == variant
         assert info.url.endswith("/" + info.filename)

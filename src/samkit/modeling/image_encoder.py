@@ -153,6 +153,29 @@ class ImageEncoderViT(nn.Module):
         Returns:
             (B, 256, S/16, S/16) image embeddings.
         """
+        return self._encode(x, reference=reference, early_features=None)
+
+    def forward_with_early_features(self, x: Tensor, *, reference: bool = False) -> tuple[Tensor, Tensor]:
+        """Encode images and also return the tokens after the first global-attention block.
+
+        HQ-SAM's decoder fuses these early features with the final embedding.
+
+        Args:
+            x: (B, 3, S, S) normalized, padded images.
+            reference: use the materialized-scores attention path (for tests).
+
+        Returns:
+            (B, 256, S/16, S/16) image embeddings and (B, C, S/16, S/16) early features
+            (C = ``embed_dim``; a channels-first view of the block's output).
+        """
+        early: list[Tensor] = []
+        embeddings = self._encode(x, reference=reference, early_features=early)
+        if not early:
+            raise ValueError("this encoder has no global-attention block: it has no early features")
+        return embeddings, early[0].permute(0, 3, 1, 2)  # (B, C, H, W)
+
+    def _encode(self, x: Tensor, *, reference: bool, early_features: list[Tensor] | None) -> Tensor:
+        """:meth:`forward`; appends the first global block's (B, H, W, C) output to ``early_features``."""
         x = self.patch_embed(x)  # (B, 64, 64, C)
         if self.pos_embed is not None:
             pos = self.pos_embed
@@ -164,4 +187,6 @@ class ImageEncoderViT(nn.Module):
         workspace = Workspace() if Workspace.usable() else None  # freed when the forward returns
         for block in self.blocks:
             x = block(x, reference=reference, workspace=workspace)
+            if early_features is not None and not early_features and block.window_size == 0:
+                early_features.append(x)  # a fresh tensor: later blocks do not write into it
         return self.neck(x.permute(0, 3, 1, 2))  # (B, 256, 64, 64)

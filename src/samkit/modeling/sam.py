@@ -92,6 +92,38 @@ class Sam(nn.Module):
         no_mask = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, h, w).to(dtype)
         return self.mask_decoder.prepare_image(image_embeddings.to(dtype), pe.get_dense_pe().to(dtype), no_mask)
 
+    def encode_for_decoding(self, images: Tensor) -> tuple[Tensor, ImageSideCache]:
+        """:meth:`encode_image` and :meth:`decoder_cache` of one (1, 3, S, S) preprocessed image.
+
+        Returns:
+            the (1, 256, S/16, S/16) embedding and the per-image state :meth:`decode` takes as
+            ``cache`` (models with more per-image state, such as HQ-SAM, return theirs).
+        """
+        embeddings = self.encode_image(images)
+        return embeddings, self.decoder_cache(embeddings)
+
+    def embed_prompts(
+        self,
+        point_coords: Tensor | None,
+        point_labels: Tensor | None,
+        boxes: Tensor | None,
+        mask_input: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        """Prompts (resized-image pixels) -> sparse (B, T, C) and dense (B or 1, C, h, w) embeddings, float32.
+
+        Args: as for :meth:`decode`.
+        """
+        points = None
+        if point_coords is not None:
+            if point_labels is None:
+                raise ValueError("point_labels must be given with point_coords")
+            points = (point_coords.to(device=self.device, dtype=torch.float32), point_labels.to(self.device))
+        if boxes is not None:
+            boxes = boxes.to(device=self.device, dtype=torch.float32)
+        if mask_input is not None:
+            mask_input = mask_input.to(device=self.device, dtype=torch.float32)
+        return self.prompt_encoder(points, boxes, mask_input)
+
     def decode(
         self,
         image_embeddings: Tensor,
@@ -118,16 +150,7 @@ class Sam(nn.Module):
             low-res logits (B, M, 4h, 4w) and IoU predictions (B, M), in float32.
         """
         dtype = self.dtype
-        points = None
-        if point_coords is not None:
-            if point_labels is None:
-                raise ValueError("point_labels must be given with point_coords")
-            points = (point_coords.to(device=self.device, dtype=torch.float32), point_labels.to(self.device))
-        if boxes is not None:
-            boxes = boxes.to(device=self.device, dtype=torch.float32)
-        if mask_input is not None:
-            mask_input = mask_input.to(device=self.device, dtype=torch.float32)
-        sparse, dense = self.prompt_encoder(points, boxes, mask_input)
+        sparse, dense = self.embed_prompts(point_coords, point_labels, boxes, mask_input)
         use_cache = cache if mask_input is None else None
         low_res, iou = self.mask_decoder(
             image_embeddings.to(dtype),

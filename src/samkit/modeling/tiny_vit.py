@@ -452,3 +452,23 @@ class TinyViT(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return self.neck(x)  # (B, out_chans, S/16, S/16)
+
+    def forward_with_early_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Encode images and also return the output of stage 1 (``layers.1``), HQ-SAM's early features.
+
+        Args:
+            x: (B, 3, S, S) normalized, padded images.
+
+        Returns:
+            (B, out_chans, S/16, S/16) image embeddings and the (B, C2, S/16, S/16) stage-1 output
+            (C2 = ``embed_dims[2]``, after its patch merging; channels-last strides).
+        """
+        if len(self.layers) < 3:
+            raise ValueError("HQ-SAM's early features need a TinyViT with at least 3 stages")
+        x = self.patch_embed(x)  # (B, C0, S/4, S/4)
+        early = x
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i == 1:
+                early = x  # (B, C2, S/16, S/16); later stages read it without writing into it
+        return self.neck(x), early  # (B, out_chans, S/16, S/16), (B, C2, S/16, S/16)
