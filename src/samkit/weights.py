@@ -31,6 +31,7 @@ import secrets
 import socket
 import urllib.error
 import urllib.request
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ from types import EllipsisType
 
 import torch
 from tqdm import tqdm
+
+from .checkpoint_checks import non_finite_tensors, not_a_checkpoint_reason
 
 __all__ = [
     "CheckpointError",
@@ -466,10 +469,20 @@ def _load_raw(path: Path) -> object:
                 f"cannot read {path}: the safetensors file is truncated or corrupt "
                 f"({_first_line(e)}); delete it and download it again"
             ) from e
+    reason = not_a_checkpoint_reason(path)
+    if reason is not None:
+        raise CheckpointError(f"cannot read {path}: {reason}")
     # Memory-map zip checkpoints so the weights are not held twice while loading.
     mmap = zipfile.is_zipfile(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        # torch warns about pickle protocols it did not write; the warning is folded into
+        # samkit's one-line error (or logged when the file loads), never printed on its own.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        for warning in caught:
+            logger.info("reading %s: %s", path, str(warning.message).splitlines()[0])
+        return loaded
     except pickle.UnpicklingError as e:
         if "weights only load failed" in str(e).lower():
             raise CheckpointError(
@@ -633,7 +646,7 @@ def load_state_dict_strict(
 
     Raises:
         CheckpointError: The checkpoint is another variant, or keys are missing/unexpected,
-            or shapes differ; the message lists them.
+            or shapes differ, or tensors hold NaN/inf (named); the message lists them.
     """
     sd = {k: v for k, v in state_dict.items() if not k.startswith(ignore_prefixes)}
     if variant in CHECKPOINTS:
@@ -660,6 +673,12 @@ def load_state_dict_strict(
     if problems:
         raise CheckpointError(
             f"checkpoint does not fit the {variant} model: " + "; ".join(problems)
+        )
+    bad = non_finite_tensors(sd)
+    if bad:
+        raise CheckpointError(
+            f"checkpoint holds NaN or infinite values in {', '.join(bad)}; refusing weights that would "
+            "give wrong masks"
         )
     # strict=True and no assign=: load_state_dict copy_()s into the existing parameters,
     # which casts to the model's dtype and device.
