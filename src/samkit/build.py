@@ -9,6 +9,7 @@ import torch
 
 from .config import VARIANTS, HQSamConfig, SamConfig, get_config
 from .modeling import Sam
+from .build_sam2 import build_sam2_model, is_sam2_variant
 from .modeling.hq_sam import HQSam
 from .weights import load_state_dict_strict, read_state_dict, resolve_checkpoint
 
@@ -57,7 +58,9 @@ def build_sam(
 
     Args:
         variant: "vit_b", "vit_l", "vit_h", "vit_t", HQ-SAM's "hq_vit_b", "hq_vit_l", "hq_vit_h",
-            "hq_vit_tiny" (an :class:`samkit.modeling.hq_sam.HQSam`) or a :class:`SamConfig`.
+            "hq_vit_tiny" (an :class:`samkit.modeling.hq_sam.HQSam`) or a :class:`SamConfig`; SAM 2.1
+            "sam2.1_hiera_t", "sam2.1_hiera_s", "sam2.1_hiera_b+", "sam2.1_hiera_l" and SAM 2.0
+            "sam2_hiera_t", ... (an :class:`samkit.modeling.sam2.Sam2`) or a ``Sam2Config``.
         checkpoint: a ``.pth``/``.pt`` or ``.safetensors`` file. ``None`` downloads the official
             file of a named variant into the cache (``$SAMKIT_HOME``), verified by sha256;
             for a custom :class:`SamConfig`, ``None`` leaves the weights randomly initialised.
@@ -75,6 +78,8 @@ def build_sam(
         ValueError / TypeError: bad arguments.
         samkit.weights.CheckpointError: missing, corrupt, unsafe or mismatched checkpoint.
     """
+    if is_sam2_variant(variant):  # SAM 2 / 2.1: Hiera encoder, own decoder and loader rules
+        return build_sam2_model(variant, checkpoint, device=device, dtype=_parse_dtype(dtype), progress=progress)  # type: ignore[arg-type,return-value]
     config = get_config(variant)
     target_dtype = _parse_dtype(dtype)
     name = _official_variant(config)

@@ -21,8 +21,10 @@ from torch import Tensor
 from .io import to_rgb_uint8
 from .modeling import ImageSideCache, Sam
 from .modeling.hq_sam import HQImageCache, HQSam
+from .modeling.sam2 import Sam2, Sam2ImageCache
 from .prompts import as_boxes, as_labels, as_mask_input, as_points
-from .transforms import ResizeLongestSide, map_boxes, map_coords, postprocess_masks, postprocess_to_masks
+from .square_transform import ResizeSquare
+from .transforms import ResizeLongestSide
 
 __all__ = ["SamPredictor"]
 
@@ -39,10 +41,13 @@ class SamPredictor:
     """
 
     def __init__(self, sam_model: Sam) -> None:
-        if not isinstance(sam_model, Sam):
+        if not isinstance(sam_model, (Sam, Sam2)):
             raise TypeError(f"sam_model: expected a samkit Sam model, got {type(sam_model).__name__}")
         self.model = sam_model
-        self.transform = ResizeLongestSide(sam_model.img_size)
+        # SAM 1 resizes the longest side and pads; SAM 2 stretches the image to the square.
+        self.transform: ResizeLongestSide | ResizeSquare = (
+            sam_model.image_transform() if isinstance(sam_model, Sam2) else ResizeLongestSide(sam_model.img_size)
+        )
         self.reset_image()
 
     # ------------------------------------------------------------------ image
@@ -129,6 +134,9 @@ class SamPredictor:
         tensors = {"features": self.features.float().cpu().contiguous()}
         if isinstance(self._cache, HQImageCache):
             tensors["hq_features"] = self._cache.hq_features.float().cpu().contiguous()
+        if isinstance(self._cache, Sam2ImageCache):  # SAM 2: the decoder's high-resolution levels
+            for i, level in enumerate(self._cache.high_res_features):
+                tensors[f"high_res_features.{i}"] = level.float().cpu().contiguous()
         atomic_write_bytes(path, save(tensors, metadata=meta))
 
     def load_embedding(self, path: str | os.PathLike[str]) -> None:
@@ -140,6 +148,7 @@ class SamPredictor:
                 meta = handle.metadata() or {}
                 features = handle.get_tensor("features")
                 hq_features = handle.get_tensor("hq_features") if "hq_features" in handle.keys() else None
+                high_res = [handle.get_tensor(k) for k in sorted(handle.keys()) if k.startswith("high_res_features.")]
         except FileNotFoundError:
             raise FileNotFoundError(f"embedding file not found: {path}") from None
         except Exception as exc:
@@ -163,7 +172,14 @@ class SamPredictor:
         self.input_size = tuple(json.loads(meta["input_size"]))  # type: ignore[assignment]
         with torch.inference_mode():
             self.features = features.to(device=self.device, dtype=self.model.dtype)
-            if isinstance(self.model, HQSam):
+            if isinstance(self.model, Sam2):
+                levels = [level.to(device=self.device, dtype=self.model.dtype) for level in high_res]
+                try:
+                    self._cache = self.model.decoder_cache(self.features, *levels)
+                except ValueError as exc:
+                    self.reset_image()
+                    raise ValueError(f"{path}: {exc}") from None
+            elif isinstance(self.model, HQSam):
                 assert hq_features is not None
                 hq = hq_features.to(device=self.device, dtype=self.model.dtype)
                 self._cache = self.model.hq_cache(self.features, hq)
@@ -213,14 +229,14 @@ class SamPredictor:
         if point_coords is not None:
             points = as_points(point_coords)
             labels = as_labels(point_labels, points.shape[0])
-            coords_t = torch.from_numpy(map_coords(points, self.original_size, self.model.img_size))[None]  # (1, N, 2)
+            coords_t = torch.from_numpy(self.transform.apply_coords(points, self.original_size))[None]  # (1, N, 2)
             labels_t = torch.from_numpy(labels)[None]  # (1, N)
         elif point_labels is not None:
             raise ValueError("point_labels: given without point_coords")
         if box is not None:
             boxes = as_boxes(box)
             batch = boxes.shape[0]
-            boxes_t = torch.from_numpy(map_boxes(boxes, self.original_size, self.model.img_size))  # (B, 4)
+            boxes_t = torch.from_numpy(self.transform.apply_boxes(boxes, self.original_size))  # (B, 4)
         if mask_input is not None:
             mask = as_mask_input(mask_input, self.model.prompt_encoder.mask_input_size)
             mask_t = torch.from_numpy(mask)[None]  # (1, 1, 256, 256)
@@ -294,11 +310,14 @@ class SamPredictor:
             **hq_options,
         )
         if return_logits:
-            masks = postprocess_masks(low_res, self.input_size, self.original_size, self.model.img_size)
+            masks = self.transform.postprocess_masks(low_res, self.input_size, self.original_size)
         else:
-            masks = postprocess_to_masks(
-                low_res, self.input_size, self.original_size, self.model.img_size, self.model.mask_threshold
+            masks = self.transform.postprocess_to_masks(
+                low_res, self.input_size, self.original_size, self.model.mask_threshold
             )
+        limit = self.model.low_res_logit_limit if isinstance(self.model, Sam2) else None
+        if limit is not None:  # SAM 2 returns its low-res logits clamped (the masks use them unclamped)
+            low_res = low_res.clamp(-limit, limit)
         return masks, iou, low_res
 
 

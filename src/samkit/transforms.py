@@ -168,3 +168,19 @@ class ResizeLongestSide:
     def apply_boxes_torch(self, boxes: Tensor, original_size: tuple[int, ...]) -> Tensor:
         """Torch version of :meth:`apply_boxes`."""
         return map_boxes_torch(boxes, (int(original_size[0]), int(original_size[1])), self.target_length)
+
+    def postprocess_masks(
+        self, low_res_masks: Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
+    ) -> Tensor:
+        """:func:`postprocess_masks` for this framing: (..., h, w) logits -> (..., H, W) logits."""
+        return postprocess_masks(low_res_masks, input_size, original_size, self.target_length)
+
+    def postprocess_to_masks(
+        self,
+        low_res_masks: Tensor,
+        input_size: tuple[int, int],
+        original_size: tuple[int, int],
+        threshold: float = 0.0,
+    ) -> Tensor:
+        """:func:`postprocess_to_masks` for this framing: (..., h, w) logits -> (..., H, W) bool."""
+        return postprocess_to_masks(low_res_masks, input_size, original_size, self.target_length, threshold)
