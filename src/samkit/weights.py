@@ -134,6 +134,17 @@ for _variant in ("hq_vit_b", "hq_vit_l", "hq_vit_h", "hq_vit_tiny"):
     _file = "sam_" + _variant + ".pth"
     CHECKPOINTS[_variant] = CheckpointInfo(variant=_variant, filename=_file, url=_HQ_BASE + _file, sha256=None, size_bytes=None)
 del _variant, _file
+# SAM 2.1 (release 092824) and SAM 2.0 (072824) files from Meta, named as the official
+# download script names them. No public sha256 or byte size was found for them (none could be
+# computed here: no network), so they download unverified, with a WARNING, as for HQ-SAM.
+_SAM2_BASE = "https://dl.fbaipublicfiles.com/segment_anything_2/"
+_SAM2_SIZES = {"t": "tiny", "s": "small", "b+": "base_plus", "l": "large"}
+for _size, _long in _SAM2_SIZES.items():
+    for _variant, _file in ((f"sam2.1_hiera_{_size}", f"092824/sam2.1_hiera_{_long}.pt"), (f"sam2_hiera_{_size}", f"072824/sam2_hiera_{_long}.pt")):
+        CHECKPOINTS[_variant] = CheckpointInfo(
+            variant=_variant, filename=_file.split("/")[1], url=_SAM2_BASE + _file, sha256=None, size_bytes=None
+        )
+del _size, _long, _variant, _file
 
 # Encoder width / depth of the ViT variants, used to recognise a checkpoint.
 _WIDTH_TO_VARIANT = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}

@@ -87,7 +87,12 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 
 def test_table_is_consistent() -> None:
-    assert set(CHECKPOINTS) == {"vit_b", "vit_l", "vit_h", "vit_t", "hq_vit_b", "hq_vit_l", "hq_vit_h", "hq_vit_tiny"}
+    sam2 = {f"{family}_hiera_{size}" for family in ("sam2", "sam2.1") for size in ("t", "s", "b+", "l")}
+    assert set(CHECKPOINTS) == {"vit_b", "vit_l", "vit_h", "vit_t", "hq_vit_b", "hq_vit_l", "hq_vit_h", "hq_vit_tiny"} | sam2
+    assert CHECKPOINTS["sam2.1_hiera_b+"].url == (
+        "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_base_plus.pt"
+    )
+    assert CHECKPOINTS["sam2_hiera_t"].url == "https://dl.fbaipublicfiles.com/segment_anything_2/072824/sam2_hiera_tiny.pt"
     for variant, info in CHECKPOINTS.items():
         assert info.variant == variant
         assert info.url.endswith("/" + info.filename)
