@@ -7,6 +7,8 @@ import os
 
 import torch
 
+from .compile import compile_encoder
+from .hardware import auto_dtype
 from .config import VARIANTS, HQSamConfig, SamConfig, get_config
 from .modeling import Sam
 from .build_sam2 import build_sam2_model, is_sam2_variant
@@ -24,14 +26,19 @@ _IGNORED_PREFIXES = {"vit_t": ("image_encoder.head.", "image_encoder.norm_head."
 _IGNORED_PREFIXES["hq_vit_tiny"] = _IGNORED_PREFIXES["vit_t"]  # HQ-SAM's light model: the same TinyViT
 
 
-def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+def _parse_dtype(dtype: torch.dtype | str | None, device: torch.device | str | None = None) -> torch.dtype:
+    """The torch dtype a ``dtype`` argument names; ``"auto"`` asks :func:`samkit.hardware.auto_dtype`."""
     if dtype is None:
         return torch.float32
+    if isinstance(dtype, str) and dtype.lower() == "auto":
+        chosen, reason = auto_dtype(device)
+        logger.info("dtype auto: %s (%s)", str(chosen).removeprefix("torch."), reason)
+        return chosen
     if isinstance(dtype, str):
         names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
                  "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
         if dtype.lower() not in names:
-            raise ValueError(f"dtype must be one of {sorted(names)}, got {dtype!r}")
+            raise ValueError(f"dtype must be 'auto' or one of {sorted(names)}, got {dtype!r}")
         return names[dtype.lower()]
     if dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
@@ -53,6 +60,7 @@ def build_sam(
     device: torch.device | str | None = None,
     dtype: torch.dtype | str | None = None,
     progress: bool = True,
+    compile: bool = False,
 ) -> Sam:
     """Build a SAM model in eval mode and load its weights.
 
@@ -68,8 +76,13 @@ def build_sam(
         dtype: ``torch.float32`` (default, exact) or ``torch.bfloat16`` (fast mode: the image
             encoder, ~98% of the work, runs in bf16). float16 works on GPUs. On CPUs the prompt
             encoder and mask decoder stay float32 (their small matrices run slower in bf16 there);
-            on CUDA the mask decoder follows ``dtype`` too.
+            on CUDA the mask decoder follows ``dtype`` too. ``"auto"`` picks the fastest mode the
+            hardware runs accurately (bfloat16 on CUDA and on CPUs with AVX-512 BF16 or AMX, else
+            float32; see :func:`samkit.hardware.auto_dtype`) and logs which.
         progress: show a progress bar when downloading.
+        compile: compile the image encoder with ``torch.compile`` (opt-in; the first
+            ``set_image`` then takes minutes; needs a C++ compiler, else it runs eagerly after
+            one warning; see :mod:`samkit.compile`).
 
     Returns:
         The model, in eval mode, with ``requires_grad`` off.
@@ -79,9 +92,12 @@ def build_sam(
         samkit.weights.CheckpointError: missing, corrupt, unsafe or mismatched checkpoint.
     """
     if is_sam2_variant(variant):  # SAM 2 / 2.1: Hiera encoder, own decoder and loader rules
-        return build_sam2_model(variant, checkpoint, device=device, dtype=_parse_dtype(dtype), progress=progress)  # type: ignore[arg-type,return-value]
+        sam2_model = build_sam2_model(variant, checkpoint, device=device, dtype=_parse_dtype(dtype, device), progress=progress)
+        if compile:
+            compile_encoder(sam2_model.image_encoder)
+        return sam2_model  # type: ignore[return-value]
     config = get_config(variant)
-    target_dtype = _parse_dtype(dtype)
+    target_dtype = _parse_dtype(dtype, device)
     name = _official_variant(config)
     model = HQSam(config) if isinstance(config, HQSamConfig) else Sam(config)
     if checkpoint is None and name is None:
@@ -101,6 +117,8 @@ def build_sam(
         model.image_encoder.to(target_dtype)
         if model.device.type == "cuda":
             model.mask_decoder.to(target_dtype)
+    if compile:
+        compile_encoder(model.image_encoder)
     return model
 
 

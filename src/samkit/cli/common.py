@@ -13,7 +13,7 @@ DTYPE_CHOICES = ("float32", "bfloat16", "float16", "auto")
 
 
 def add_model_args(parser: argparse.ArgumentParser, *, default_model: str = "vit_b") -> None:
-    """Add --model, --checkpoint, --dtype and --device."""
+    """Add --model, --checkpoint, --dtype, --device and --compile."""
     group = parser.add_argument_group("model")
     group.add_argument("--model", default=default_model, choices=MODEL_CHOICES, help=f"model variant (default {default_model})")
     group.add_argument(
@@ -33,6 +33,12 @@ def add_model_args(parser: argparse.ArgumentParser, *, default_model: str = "vit
         default="auto",
         help="auto (default: cuda, then mps, then cpu), cpu, cuda, cuda:N, mps or gpu",
     )
+    group.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the image encoder with torch.compile (opt-in: minutes to compile, needs a C++ "
+        "compiler, else runs eagerly after a warning); pays in long runs (serve, everything, embed)",
+    )
 
 
 def load_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -48,7 +54,7 @@ def load_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     if checkpoint is not None:
         checkpoint = existing_file(checkpoint, "--checkpoint")
     # "auto" goes to build_sam as it is: build_sam chooses the dtype for the device.
-    return build_sam(args.model, checkpoint, device=device, dtype=args.dtype)
+    return build_sam(args.model, checkpoint, device=device, dtype=args.dtype, compile=getattr(args, "compile", False))
 
 
 def model_device(args: argparse.Namespace):  # type: ignore[no-untyped-def]
