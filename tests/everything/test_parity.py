@@ -232,3 +232,17 @@ def test_vit_b_small_grid(tmp_path: Path) -> None:
     assert_same_records(
         got, expected, what="vit_b 8x8", official_model=official, image=image
     )
+
+
+def test_thresholds_below_zero_turn_the_filters_off_as_officially(
+    small_pair: tuple[Any, Any], image: np.ndarray
+) -> None:
+    """Negative thresholds were refused; the official generator takes <= 0 as "filter off"."""
+    kwargs = {"points_per_side": 3, "pred_iou_thresh": -0.5, "stability_score_thresh": -1.0}
+    ours, official = _both(small_pair, image, **kwargs)
+    dropped_by_filters = [
+        r for r in official
+        if not (r["predicted_iou"] > LOW["pred_iou_thresh"] and r["stability_score"] >= LOW["stability_score_thresh"])
+    ]
+    assert dropped_by_filters, "the case must keep masks that the filters would drop"
+    assert_same_records(ours, official, what="thresholds below zero", official_model=small_pair[1], image=image)

@@ -119,8 +119,10 @@ class SamAutomaticMaskGenerator:
         points_per_side: points along each side of the grid (``points_per_side**2`` prompts);
             None when ``point_grids`` is given.
         points_per_batch: prompts decoded together; bounds the peak memory.
-        pred_iou_thresh: keep masks whose predicted IoU is above this (0 disables the filter).
-        stability_score_thresh: keep masks whose stability score is at least this (0 disables).
+        pred_iou_thresh: keep masks whose predicted IoU is above this (<= 0 disables the
+            filter, as in the official generator).
+        stability_score_thresh: keep masks whose stability score is at least this (<= 0
+            disables the filter, as in the official generator).
         stability_score_offset: logit offset of the stability score's two thresholds.
         box_nms_thresh: box IoU above which duplicate masks of one crop are removed.
         crop_n_layers: extra layers of crops (layer i has ``(2**i)**2`` crops).
@@ -176,8 +178,10 @@ class SamAutomaticMaskGenerator:
         else:
             self.point_grids = _check_grids(point_grids, self.crop_n_layers)
         self.points_per_batch = _check_int("points_per_batch", points_per_batch, 1)
-        self.pred_iou_thresh = _check_real("pred_iou_thresh", pred_iou_thresh, 0.0, 1.0)
-        self.stability_score_thresh = _check_real("stability_score_thresh", stability_score_thresh, 0.0, 1.0)
+        # Any finite value, as the official generator takes them: <= 0 turns the filter off;
+        # above 1 is legal too (predicted IoUs can exceed 1; no stability score does).
+        self.pred_iou_thresh = _check_real("pred_iou_thresh", pred_iou_thresh, -math.inf, math.inf)
+        self.stability_score_thresh = _check_real("stability_score_thresh", stability_score_thresh, -math.inf, math.inf)
         self.stability_score_offset = _check_real("stability_score_offset", stability_score_offset, 0.0, math.inf)
         self.box_nms_thresh = _check_real("box_nms_thresh", box_nms_thresh, 0.0, 1.0)
         self.crop_nms_thresh = _check_real("crop_nms_thresh", crop_nms_thresh, 0.0, 1.0)
