@@ -29,9 +29,11 @@ from torch import Tensor
 
 from ..io import to_rgb_uint8
 from ..modeling import Sam
+from ..modeling.hq_sam import HQImageCache, HQSam
 from ..predictor import SamPredictor
 from ..transforms import postprocess_masks, preprocess_shape
 from .decode import PointDecoder
+from .hq_decode import HQPointDecoder
 from .filters import (
     box_area,
     box_xyxy_to_xywh,
@@ -266,7 +268,12 @@ class SamAutomaticMaskGenerator:
         predictor = self.predictor
         predictor.set_image(crop)
         assert predictor.features is not None and predictor.input_size is not None
-        decoder = PointDecoder(predictor.model, predictor.features, predictor._cache)
+        decoder: PointDecoder | HQPointDecoder
+        if isinstance(predictor.model, HQSam):  # one mask per point (best SAM mask + HQ mask)
+            assert isinstance(predictor._cache, HQImageCache)
+            decoder = HQPointDecoder(predictor.model, predictor.features, predictor._cache)
+        else:
+            decoder = PointDecoder(predictor.model, predictor.features, predictor._cache)  # type: ignore[arg-type]
         input_size = predictor.input_size
 
         points = self.point_grids[layer] * np.array(crop_size, dtype=np.int64)[None, ::-1]  # (P, 2) x, y pixels
@@ -292,7 +299,7 @@ class SamAutomaticMaskGenerator:
 
     def _process_batch(
         self,
-        decoder: PointDecoder,
+        decoder: PointDecoder | HQPointDecoder,
         points: np.ndarray,
         model_points: np.ndarray,
         input_size: tuple[int, int],
