@@ -31,7 +31,7 @@ class ResizeSquare:
     # ----------------------------------------------------------------- image
     def apply_image(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 -> (S, S, 3) float32 pixel values (0..255), bilinear with antialiasing."""
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()  # (1, 3, H, W)
+        tensor = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)[None]  # (1, 3, H, W)
         return self.apply_image_torch(tensor)[0].permute(1, 2, 0).numpy()  # (S, S, 3)
 
     def apply_image_torch(self, images: Tensor) -> Tensor:

@@ -8,14 +8,19 @@ from pathlib import Path
 
 __all__ = ["add_model_args", "load_model", "model_device", "parse_floats", "existing_file"]
 
-MODEL_CHOICES = ("vit_b", "vit_l", "vit_h", "vit_t")
+# HQ-SAM (one mask per prompt, sharper boundaries): every command but export-onnx takes them.
+HQ_MODEL_CHOICES = ("hq_vit_b", "hq_vit_l", "hq_vit_h", "hq_vit_tiny")
+MODEL_CHOICES = ("vit_b", "vit_l", "vit_h", "vit_t") + HQ_MODEL_CHOICES
+# SAM 2.1 and SAM 2.0 image models: commands that run them pass ``sam2=True`` to add_model_args.
+SAM2_MODEL_CHOICES = tuple(f"{family}_hiera_{size}" for family in ("sam2.1", "sam2") for size in ("t", "s", "b+", "l"))
 DTYPE_CHOICES = ("float32", "bfloat16", "float16", "auto")
 
 
-def add_model_args(parser: argparse.ArgumentParser, *, default_model: str = "vit_b") -> None:
-    """Add --model, --checkpoint, --dtype, --device and --compile."""
+def add_model_args(parser: argparse.ArgumentParser, *, default_model: str = "vit_b", sam2: bool = False) -> None:
+    """Add --model, --checkpoint, --dtype, --device and --compile (``sam2``: SAM 2.x names too)."""
     group = parser.add_argument_group("model")
-    group.add_argument("--model", default=default_model, choices=MODEL_CHOICES, help=f"model variant (default {default_model})")
+    choices = MODEL_CHOICES + SAM2_MODEL_CHOICES if sam2 else MODEL_CHOICES
+    group.add_argument("--model", default=default_model, choices=choices, help=f"model variant (default {default_model})")
     group.add_argument(
         "--checkpoint",
         default=None,

@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--single-mask", action="store_true", help="ask the model for one mask instead of 3 candidates"
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    add_model_args(parser)
+    add_model_args(parser, sam2=True)
     parser.set_defaults(func=run)
 
 
