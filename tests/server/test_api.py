@@ -215,7 +215,7 @@ def test_bad_uploads_are_refused_and_the_server_keeps_serving(tiny_model: Sam, p
         bomb = _bomb_png(30_000, 30_000)
         assert len(bomb) < 2000
         _assert_error(client.post("/api/images", files={"file": ("bomb.png", bomb, "image/png")}), 413, "pixels")
-        _assert_error(client.post("/api/images"), 422, "file")
+        _assert_error(client.post("/api/images"), 415, "multipart/form-data")  # no body, no content type
         assert client.get("/api/health").json()["cached_images"] == 0
         assert _upload(client, picture)["width"] == W  # still serving
 

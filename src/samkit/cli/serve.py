@@ -8,9 +8,10 @@ import socket
 
 from .common import add_model_args
 
-__all__ = ["register", "run"]
+__all__ = ["register", "run", "access_token", "TOKEN_ENV"]
 
 _MIB = 1024 * 1024
+TOKEN_ENV = "SAMKIT_TOKEN"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -24,6 +25,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     add_model_args(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    parser.add_argument(
+        "--token",
+        default=None,
+        help=f"access token required on every API call and the page (default: ${TOKEN_ENV}; "
+        "generated and printed when --host is not a loopback address)",
+    )
     limits = parser.add_argument_group("limits")
     limits.add_argument("--cache-mb", type=int, default=1024, help="memory for cached image embeddings (default 1024)")
     limits.add_argument("--max-upload-mb", type=int, default=50, help="largest uploaded file (default 50)")
@@ -54,13 +61,31 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def run(args: argparse.Namespace) -> int:
-    """Load the model, then serve until interrupted."""
-    import logging
+def access_token(args: argparse.Namespace) -> str | None:
+    """--token, else $SAMKIT_TOKEN, else a new one when binding beyond loopback, else None.
 
+    Raises:
+        samkit.cli.UserError: a token too short or with characters a cookie cannot carry.
+    """
+    import os
+    import re
+
+    from ..server.guards import new_token
     from . import UserError
 
-    logger = logging.getLogger("samkit.serve")
+    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
+    if token is not None and not re.fullmatch(r"[A-Za-z0-9._~-]{8,}", token):
+        source = "--token" if args.token is not None else f"${TOKEN_ENV}"
+        raise UserError(f"{source}: use at least 8 characters from A-Z a-z 0-9 . _ ~ -")
+    if token is None and not _is_loopback(args.host):
+        token = new_token()
+    return token
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the model, then serve until interrupted."""
+    from . import UserError
+
     if not 0 < args.port < 65536:
         raise UserError(f"--port: expected 1..65535, got {args.port}")
     for option, value in (
@@ -79,10 +104,7 @@ def run(args: argparse.Namespace) -> int:
             f"samkit serve needs the server extra ({exc.name} is missing): pip install 'samkit[server]'"
         ) from None
     _check_port_free(args.host, args.port)
-    if not _is_loopback(args.host):
-        logger.warning(
-            "binding to %s: the app has no authentication; anyone who can reach this port can use it", args.host
-        )
+    token = access_token(args)
 
     from ..server.limits import LOOPBACK_HOSTS
     from .common import load_model
@@ -95,8 +117,14 @@ def run(args: argparse.Namespace) -> int:
         cache_bytes=args.cache_mb * _MIB,
         # On loopback, answer only requests addressed to loopback (no DNS rebinding).
         allowed_hosts=(*LOOPBACK_HOSTS, args.host) if _is_loopback(args.host) else None,
+        token=token,
     )
     shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"samkit serve: {args.model} ({args.dtype}) on http://{shown}:{args.port}/  (Ctrl+C to stop)", flush=True)
+    query = f"?token={token}" if token else ""
+    print(
+        f"samkit serve: {args.model} ({args.dtype}) on http://{shown}:{args.port}/{query}  (Ctrl+C to stop)", flush=True
+    )
+    if token:
+        print(f"samkit serve: API calls need the header 'Authorization: Bearer {token}'", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
     return 0

@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..modeling import Sam
+from .guards import DEFAULT_MAX_JSON_BYTES, RequestGuard
 from .limits import BodySizeLimit, HostCheck
 from .schemas import (
     ErrorResponse,
@@ -89,6 +90,8 @@ def create_app(
     predict_workers: int = 2,
     max_pending_embeddings: int = 8,
     allowed_hosts: Sequence[str] | None = None,
+    token: str | None = None,
+    max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
 ) -> FastAPI:
     """Build the web app around a model.
 
@@ -104,6 +107,10 @@ def create_app(
         allowed_hosts: If given, requests whose Host header names another host are refused
             (``samkit serve`` passes the loopback names when it binds to loopback, against
             DNS rebinding). None accepts any Host.
+        token: Access token required on every API call and the page (see
+            :mod:`samkit.server.guards`); None for none. Cross-origin POSTs and wrong content
+            types are refused either way.
+        max_json_bytes: Largest body of a request other than the upload, enforced while reading.
 
     Returns:
         The FastAPI app; serve it with uvicorn. ``app.state.service`` is the
@@ -132,6 +139,7 @@ def create_app(
     )
     app.state.service = service
     app.add_middleware(BodySizeLimit, max_body_bytes=max_upload_bytes + _MULTIPART_SLACK)
+    app.add_middleware(RequestGuard, token=token, max_json_bytes=max_json_bytes)  # runs before BodySizeLimit
     if allowed_hosts is not None:
         app.add_middleware(HostCheck, allowed_hosts=list(allowed_hosts))  # outermost: checked first
 
