@@ -13,7 +13,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="Download official checkpoints into $SAMKIT_HOME (default ~/.cache/samkit). "
         "Mirrors: set SAMKIT_DOWNLOAD_BASE to a base URL, or SAMKIT_URL_VIT_B etc. to full URLs.",
     )
-    parser.add_argument("variants", nargs="*", metavar="VARIANT", help="vit_b (default), vit_l, vit_h, vit_t")
+    parser.add_argument(
+        "variants",
+        nargs="*",
+        metavar="VARIANT",
+        help="vit_b (default), vit_l, vit_h, vit_t; HQ-SAM's hq_vit_b, hq_vit_l, hq_vit_h, hq_vit_tiny "
+        "(no published sha256: downloaded unverified, with a warning)",
+    )
     parser.add_argument("--force", action="store_true", help="download again even if a verified copy is cached")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)

@@ -7,7 +7,7 @@ import json
 import logging
 import time
 
-from .common import MODEL_CHOICES, existing_file
+from .common import HQ_MODEL_CHOICES, MODEL_CHOICES, existing_file
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "the official ONNX decoder.",
     )
     parser.add_argument("--out", required=True, help="output directory (created)")
-    parser.add_argument("--model", default="vit_b", choices=MODEL_CHOICES, help="model variant (default vit_b)")
+    onnx_models = [m for m in MODEL_CHOICES if m not in HQ_MODEL_CHOICES]  # no ONNX export of HQ-SAM yet
+    parser.add_argument("--model", default="vit_b", choices=onnx_models, help="model variant (default vit_b)")
     parser.add_argument(
         "--checkpoint",
         default=None,

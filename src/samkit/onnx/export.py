@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from ..modeling import Sam
+from ..modeling.hq_sam import HQSam
 from .modules import DecoderForExport, EncoderForExport, RawEncoderForExport
 
 __all__ = [
@@ -288,7 +289,13 @@ def export_decoder(
 
     Returns:
         the written path. Inputs/outputs: see :mod:`samkit.onnx.modules`.
+
+    Raises:
+        ValueError: an HQ-SAM model (its decoder is not exported yet; exporting the SAM part alone
+            would silently drop the HQ token).
     """
+    if isinstance(sam, HQSam):
+        raise ValueError(f"ONNX export does not support HQ-SAM models ({sam.config.name}) yet")
     _require_onnx()
     sam = _float32_cpu(sam)
     path = Path(path)

@@ -1,0 +1,73 @@
+"""The command line with HQ-SAM models: ``segment --model hq_vit_tiny``, ``download hq_vit_b``,
+and ``export-onnx`` refusing HQ models (no HQ export yet) with a usage error."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import samkit
+from samkit.cli import main
+from samkit.config import VARIANTS
+from samkit.modeling.hq_sam import HQSam
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "chelsea.jpg"
+
+
+@pytest.fixture(scope="module")
+def hq_tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised, perturbed hq_vit_tiny checkpoint (official key names)."""
+    torch.manual_seed(0)
+    model = HQSam(VARIANTS["hq_vit_tiny"])
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.dtype.is_floating_point:
+                tensor.add_(torch.randn(tensor.shape, generator=generator) * 0.02)
+    path = tmp_path_factory.mktemp("hq_ckpt") / "sam_hq_vit_tiny.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_segment_with_hq_model(hq_tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "mask.png"
+    rc = main(
+        ["segment", str(EXAMPLE), "--model", "hq_vit_tiny", "--checkpoint", str(hq_tiny_checkpoint),
+         "--point", "225,150", "--out", str(out), "--json"]
+    )
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(result["scores"]) == 1  # HQ-SAM: one mask per prompt
+    predictor = samkit.SamPredictor(samkit.build_sam("hq_vit_tiny", hq_tiny_checkpoint))
+    predictor.set_image(samkit.load_image(EXAMPLE))
+    masks, scores, _ = predictor.predict(point_coords=np.array([[225, 150]]), point_labels=np.array([1]))
+    assert abs(result["scores"][0] - float(scores[0])) < 1e-3
+    written = np.asarray(Image.open(out)) > 0
+    assert np.array_equal(written, masks[0])
+
+
+def test_download_hq_checkpoint(http_file_server, tmp_path, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    """The HQ files have no published digest: they download unverified, with a warning."""
+    payload = b"not really a checkpoint" * 100
+    (http_file_server.root / "sam_hq_vit_b.pth").write_bytes(payload)
+    monkeypatch.setenv("SAMKIT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SAMKIT_DOWNLOAD_BASE", http_file_server.url)
+    with caplog.at_level(logging.WARNING, logger="samkit.weights"):
+        assert main(["download", "hq_vit_b", "--no-progress"]) == 0
+    cached = tmp_path / "home" / "checkpoints" / "sam_hq_vit_b.pth"
+    assert cached.read_bytes() == payload
+    assert "/sam_hq_vit_b.pth" in http_file_server.requests
+    assert any("was not verified" in r.getMessage() for r in caplog.records)
+
+
+def test_export_onnx_refuses_hq_models(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export-onnx", "--model", "hq_vit_b", "--out", str(tmp_path / "onnx")])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'hq_vit_b'" in capsys.readouterr().err
