@@ -9,6 +9,7 @@ that the outputs agree in the same run, so a fast wrong result cannot pass.
 
 from __future__ import annotations
 
+import functools
 import gc
 import importlib.util
 import json
@@ -17,8 +18,10 @@ import os
 import statistics
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -27,11 +30,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from .devices import synchronize
 from .hardware import machine_info
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BenchRow", "ROWS", "run_benchmark", "format_table", "load_baselines", "benchmark_image"]
+__all__ = ["BenchRow", "ROWS", "GPU_ROWS", "default_rows", "run_benchmark", "format_table", "load_baselines", "benchmark_image"]
 
 # Decoder construction of the segment-everything row's checkpoint (``construct_decoder_`` in
 # bench/baselines.py): sharper masks and IoU predictions shifted up, so that with the default
@@ -120,19 +124,29 @@ def _rss_mb() -> float | None:
     return None
 
 
-@contextmanager
-def peak_memory() -> Iterator[dict[str, float | None]]:
-    """Peak resident memory growth (MB) of the block, via Linux's resettable VmHWM.
+# The device the running benchmark measures (set by run_benchmark): timing synchronizes it and
+# peak_memory measures it, whatever other devices the machine has.
+_BENCH_DEVICE: ContextVar[str] = ContextVar("samkit_bench_device", default="cpu")
 
-    On CUDA the peak of allocated device memory is reported instead.
+
+@contextmanager
+def peak_memory(device: torch.device | str | None = None) -> Iterator[dict[str, float | None]]:
+    """Peak memory growth (MB) of the block on ``device`` (default: the benchmark's device).
+
+    CPU: resident memory, via Linux's resettable VmHWM. CUDA: the peak of allocated device
+    memory on that GPU. MPS has no peak counter: ``peak_mb`` stays None (not measured).
     """
+    device = torch.device(device if device is not None else _BENCH_DEVICE.get())
     result: dict[str, float | None] = {"peak_mb": None}
     gc.collect()
-    cuda = torch.cuda.is_available()
+    cuda = device.type == "cuda"
+    if device.type == "mps":
+        yield result
+        return
     if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated() / 2**20
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device) / 2**20
     else:
         base = _rss_mb()
         try:
@@ -142,8 +156,8 @@ def peak_memory() -> Iterator[dict[str, float | None]]:
             base = None
     yield result
     if cuda:
-        torch.cuda.synchronize()
-        result["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20 - base
+        torch.cuda.synchronize(device)
+        result["peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20 - base
         return
     if base is None:
         return
@@ -156,9 +170,9 @@ def peak_memory() -> Iterator[dict[str, float | None]]:
         pass
 
 
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+def _sync(device: torch.device | str | None = None) -> None:
+    """Wait for ``device`` (default: the benchmark's device), so a timer sees finished work."""
+    synchronize(device if device is not None else _BENCH_DEVICE.get())
 
 
 class Timings(dict[str, float]):
@@ -429,7 +443,7 @@ def _set_image_peak_child(
         from .predictor import SamPredictor
 
         predictor = SamPredictor(build_sam(variant, checkpoint))
-    with peak_memory() as peak:
+    with peak_memory("cpu") as peak:
         start = time.perf_counter()
         predictor.set_image(image)
         seconds = time.perf_counter() - start
@@ -615,6 +629,37 @@ def row_onnx(ctx: BenchContext, variant: str = "vit_b") -> list[BenchRow]:
     return rows
 
 
+def row_set_image_batch(ctx: BenchContext, variant: str = "vit_b", batch: int = 8) -> list[BenchRow]:
+    """``batch`` images through ``SamPredictor.set_image_batch`` against the official set_image per image.
+
+    Reported as not run (not as a failure) while samkit has no ``set_image_batch``.
+    """
+    from .predictor import SamPredictor
+
+    name = f"set_image_batch {variant} fp32, {batch} images"
+    if not hasattr(SamPredictor, "set_image_batch"):
+        return [BenchRow(name, "official set_image x8", None, None, check="not run: samkit has no set_image_batch")]
+    off = ctx.official(variant)
+    ours = ctx.samkit(variant)
+    images = [ctx.image] * batch
+
+    def official_loop() -> None:
+        for image in images:
+            off.set_image(image)
+
+    medians = time_alternating({"official": official_loop, "samkit": lambda: ours.set_image_batch(images)}, ctx.rounds)
+    return [
+        BenchRow(
+            name,
+            f"official set_image x{batch}",
+            medians["official"],
+            medians["samkit"],
+            round_ratios=medians.ratios("official", "samkit"),
+            check="timing only",
+        )
+    ]
+
+
 ROWS: dict[str, Callable[[BenchContext], list[BenchRow]]] = {
     "set_image": row_set_image,
     "bf16": row_set_image_bf16,
@@ -623,8 +668,20 @@ ROWS: dict[str, Callable[[BenchContext], list[BenchRow]]] = {
     "everything": row_everything,
     "vit_t": row_vit_t,
     "onnx": row_onnx,
+    "set_image_vit_h": functools.partial(row_set_image, variant="vit_h"),
+    "bf16_vit_h": functools.partial(row_set_image_bf16, variant="vit_h"),
+    "batch8": row_set_image_batch,
 }
 DEFAULT_ROWS = ("set_image", "bf16", "predict", "memory")
+# The rows of a GPU run (``samkit bench --device cuda|mps`` without --rows): vit_b and vit_h
+# set_image in fp32 and bf16, a batch of 8, predict latency and 64 prompts, segment everything
+# with the defaults, and vit_h's peak memory, each against the official code on the same device.
+GPU_ROWS = ("set_image", "bf16", "set_image_vit_h", "bf16_vit_h", "batch8", "predict", "everything", "memory")
+
+
+def default_rows(device: str) -> tuple[str, ...]:
+    """The rows ``samkit bench`` runs on ``device`` when none are named."""
+    return DEFAULT_ROWS if torch.device(device).type == "cpu" else GPU_ROWS
 
 
 def run_benchmark(
@@ -635,23 +692,62 @@ def run_benchmark(
     device: str = "cpu",
     on_row: Callable[[BenchRow], None] | None = None,
 ) -> list[BenchRow]:
-    """Run the named rows and return their results."""
+    """Run the named rows on ``device`` and return their results.
+
+    A row that raises (an out-of-memory error, an official model that cannot run in a dtype or
+    on a device, ...) becomes a failed row naming the error, and the next row runs.
+
+    Raises:
+        ValueError: an unknown row, or a device this machine lacks
+            (:class:`samkit.devices.DeviceUnavailable`).
+        FileNotFoundError: the official package is missing.
+    """
+    from .devices import resolve_device
+
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
         raise ValueError(f"unknown benchmark row {unknown[0]!r}: expected some of {', '.join(ROWS)}")
+    device = str(resolve_device(device))
     module = load_baselines(baselines)
     if not module.official_available():
         raise FileNotFoundError("the official segment-anything package is not installed: pip install -e '.[bench]'")
     results: list[BenchRow] = []
-    with tempfile.TemporaryDirectory(prefix="samkit-bench-") as tmp:
-        ctx = BenchContext(module, Path(tmp), rounds, device)
-        for name in rows:
-            logger.info("benchmark row %s", name)
-            for row in ROWS[name](ctx):
-                results.append(row)
-                if on_row is not None:
-                    on_row(row)
+    token = _BENCH_DEVICE.set(device)
+    try:
+        with tempfile.TemporaryDirectory(prefix="samkit-bench-") as tmp:
+            ctx = BenchContext(module, Path(tmp), rounds, device)
+            for name in rows:
+                logger.info("benchmark row %s", name)
+                for row in _run_row(name, ctx):
+                    results.append(row)
+                    if on_row is not None:
+                        on_row(row)
+    finally:
+        _BENCH_DEVICE.reset(token)
     return results
+
+
+def _run_row(name: str, ctx: BenchContext) -> list[BenchRow]:
+    """The rows of ``ROWS[name]``, or one failed row naming the exception it raised."""
+    try:
+        return ROWS[name](ctx)
+    except Exception as exc:  # noqa: BLE001 - any failure of one row is reported, and the next runs
+        logger.error("benchmark row %s failed on %s:\n%s", name, ctx.device, traceback.format_exc())
+        ctx.drop("official:", "samkit:")  # free what the row held (an OOM would repeat otherwise)
+        if torch.device(ctx.device).type == "cuda":
+            torch.cuda.empty_cache()
+        message = (str(exc).strip().splitlines() or [""])[0][:200]
+        return [
+            BenchRow(
+                name,
+                "-",
+                None,
+                None,
+                check=f"row failed on {ctx.device}: {type(exc).__name__}: {message}",
+                ok=False,
+                extra={"error": f"{type(exc).__name__}: {exc}", "device": ctx.device},
+            )
+        ]
 
 
 def machine_description() -> dict[str, Any]:

@@ -8,7 +8,7 @@ import sys
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``bench`` subcommand."""
-    from ..benchmark import DEFAULT_ROWS, ROWS
+    from ..benchmark import DEFAULT_ROWS, GPU_ROWS, ROWS
 
     parser = subparsers.add_parser(
         "bench",
@@ -19,13 +19,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     parser.add_argument(
         "--rows",
-        default=",".join(DEFAULT_ROWS),
-        help=f"comma-separated rows to run, from: {', '.join(ROWS)} (default: {','.join(DEFAULT_ROWS)}); 'all' runs every row",
+        default=None,
+        help=f"comma-separated rows to run, from: {', '.join(ROWS)} (default on a CPU: {','.join(DEFAULT_ROWS)}; "
+        f"on a GPU: {','.join(GPU_ROWS)}); 'all' runs every row",
     )
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per row after one warm-up (default 3)")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--baselines", default=None, metavar="PATH", help="reference adapters (default bench/baselines.py)")
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (default), cuda, cuda:N, mps, or auto (cuda, then mps, then cpu); both sides run there",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     parser.set_defaults(func=run)
 
@@ -34,14 +39,24 @@ def run(args: argparse.Namespace) -> int:
     """Run the rows, print a markdown table; exit 1 if an output check failed."""
     import torch
 
-    from ..benchmark import ROWS, format_table, run_benchmark, to_json
+    from ..benchmark import ROWS, default_rows, format_table, run_benchmark, to_json
+    from ..devices import DeviceUnavailable, resolve_device
     from ..hardware import machine_info
     from ..io import atomic_write_text
     from . import UserError
 
     if args.rounds < 1:
         raise UserError("--rounds must be >= 1")
-    rows = tuple(ROWS) if args.rows.strip() == "all" else tuple(r.strip() for r in args.rows.split(",") if r.strip())
+    try:
+        device = str(resolve_device(args.device))
+    except DeviceUnavailable as exc:
+        raise UserError(f"--device: {exc}") from None
+    if args.rows is None:
+        rows = default_rows(device)
+    elif args.rows.strip() == "all":
+        rows = tuple(ROWS)
+    else:
+        rows = tuple(r.strip() for r in args.rows.split(",") if r.strip())
 
     def show(row) -> None:  # type: ignore[no-untyped-def]
         ratio = f"{row.ratio:.2f}x" if row.ratio else "-"
@@ -52,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         print(f"machine: {machine_info().header()}", flush=True)
-        results = run_benchmark(rows, rounds=args.rounds, baselines=args.baselines, device=args.device, on_row=show)
+        results = run_benchmark(rows, rounds=args.rounds, baselines=args.baselines, device=device, on_row=show)
     finally:
         torch.set_num_threads(threads_before)  # main() may be called in-process (tests, notebooks)
     print(format_table(results))
