@@ -114,6 +114,11 @@ class SamPredictor:
         assert self.features is not None
         return self.features
 
+    @property
+    def hq_features(self) -> Tensor | None:
+        """HQ-SAM models: the (1, 32, 256, 256) HQ features of the current image; else None."""
+        return self._cache.hq_features if isinstance(self._cache, HQImageCache) else None
+
     def save_embedding(self, path: str | os.PathLike[str]) -> None:
         """Save the current embedding (safetensors, no pickle) to reuse it without re-encoding.
 

@@ -71,3 +71,21 @@ def test_export_onnx_refuses_hq_models(tmp_path: Path, capsys: pytest.CaptureFix
         main(["export-onnx", "--model", "hq_vit_b", "--out", str(tmp_path / "onnx")])
     assert exit_info.value.code == 2
     assert "invalid choice: 'hq_vit_b'" in capsys.readouterr().err
+
+
+def test_embed_with_hq_model_loads_back(hq_tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """``samkit embed`` files of an HQ model carry the HQ features: reloaded, they predict as set_image."""
+    out = tmp_path / "emb"
+    rc = main(["embed", str(EXAMPLE), "--out", str(out), "--model", "hq_vit_tiny", "--checkpoint", str(hq_tiny_checkpoint)])
+    assert rc == 0
+    entry = json.loads((out / "manifest.json").read_text())["images"][0]
+    model = samkit.build_sam("hq_vit_tiny", hq_tiny_checkpoint)
+    direct, loaded = samkit.SamPredictor(model), samkit.SamPredictor(model)
+    direct.set_image(samkit.load_image(EXAMPLE))
+    loaded.load_embedding(out / entry["output"])
+    assert loaded.hq_features is not None and direct.hq_features is not None
+    torch.testing.assert_close(loaded.hq_features, direct.hq_features, rtol=0, atol=1e-5)
+    prompt = {"point_coords": np.array([[225, 150]]), "point_labels": np.array([1]), "return_logits": True}
+    expected, _, _ = direct.predict(**prompt)
+    actual, _, _ = loaded.predict(**prompt)
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-4)

@@ -90,7 +90,10 @@ def embedding_bytes(predictor: Any) -> bytes:
         "original_size": json.dumps(predictor.original_size),
         "input_size": json.dumps(predictor.input_size),
     }
-    return save({"features": predictor.features.float().cpu().contiguous()}, metadata=meta)
+    tensors = {"features": predictor.features.float().cpu().contiguous()}
+    if predictor.hq_features is not None:  # HQ-SAM: the decoder needs them too
+        tensors["hq_features"] = predictor.hq_features.float().cpu().contiguous()
+    return save(tensors, metadata=meta)
 
 
 def mask_file_bytes(image: str, segments: SegmentResult) -> bytes:
