@@ -24,6 +24,7 @@ __all__ = [
     "VARIANTS",
     "load_image",
     "keep_freed_memory",
+    "annotate",
     "__version__",
 ]
 
@@ -37,10 +38,12 @@ _LAZY = {
     "VARIANTS": ("samkit.config", "VARIANTS"),
     "load_image": ("samkit.io", "load_image"),
     "keep_freed_memory": ("samkit.allocator", "keep_freed_memory"),
+    "annotate": ("samkit.annotation", "annotate"),
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from .allocator import keep_freed_memory
+    from .annotation import annotate
     from .build import build_sam, sam_model_registry
     from .config import VARIANTS, SamConfig
     from .everything import SamAutomaticMaskGenerator
