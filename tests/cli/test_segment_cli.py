@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from samkit import weights
+from samkit import SamPredictor, build_sam, load_image, weights
 from samkit.cli import main
 from samkit.config import VARIANTS
 from samkit.modeling import Sam
@@ -78,6 +78,15 @@ def test_segment_downloads_verifies_and_writes_outputs(served_vit_b, tmp_path, m
     count = len(server.requests)
     assert main(["segment", str(EXAMPLE), "--box", "100,40,400,290", "--out", str(out)]) == 0
     assert len(server.requests) == count
+
+    # The file holds the predictor's best mask for that box (not just any 0/255 image).
+    predictor = SamPredictor(build_sam("vit_b", cached))
+    predictor.set_image(load_image(EXAMPLE))
+    masks, scores, _ = predictor.predict(box=np.array([100, 40, 400, 290]), multimask_output=True)
+    expected = masks[int(np.argmax(scores))]
+    written = np.asarray(Image.open(out)) > 0
+    assert expected.any() and not expected.all()  # a mask with an inside and an outside
+    np.testing.assert_array_equal(written, expected)
 
 
 def test_download_checksum_mismatch_fails_and_leaves_nothing(served_vit_b, tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
