@@ -19,6 +19,7 @@ from PIL import Image
 from torch import Tensor
 
 from .io import to_rgb_uint8
+from .memory import tensor_nbytes
 from .modeling import ImageSideCache, Sam
 from .modeling.hq_sam import HQImageCache, HQSam
 from .modeling.sam2 import Sam2, Sam2ImageCache
@@ -107,6 +108,14 @@ class SamPredictor:
         images = self.model.preprocess(transformed_image.to(self.device))
         self.features, self._cache = self.model.encode_for_decoding(images)
         self.is_image_set = True
+
+    def nbytes(self) -> int:
+        """Bytes of tensor memory held for the current image: the embedding and every tensor of
+        the decoder's per-image cache (per-layer projections, HQ / high-resolution features).
+
+        0 when no image is set. The server bounds its embedding cache with this.
+        """
+        return tensor_nbytes((self.features, self._cache))
 
     def get_image_embedding(self) -> Tensor:
         """The (1, 256, 64, 64) embedding of the current image."""

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..memory import tensor_nbytes
 from .common import MLPBlock
 
 __all__ = ["DecoderAttention", "TwoWayAttentionBlock", "TwoWayTransformer", "ImageSideCache"]
@@ -485,6 +486,10 @@ class ImageSideCache:
     second_t2i_v: Tensor | None = None
     second_i2t_q: Tensor | None = None
     upscale_keys: Tensor | None = None
+
+    def nbytes(self) -> int:
+        """Bytes held by all of this cache's tensors, the per-layer lists included (each storage once)."""
+        return tensor_nbytes(self)
 
 
 class TwoWayAttentionBlock(nn.Module):

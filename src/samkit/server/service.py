@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
 import hashlib
 import io
 import logging
@@ -134,20 +133,6 @@ class ImageEntry:
 class _Logits:
     image_id: str
     logits: np.ndarray  # (1, 256, 256) float32
-
-
-def _tensor_bytes(value: Any) -> int:
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    return 0
-
-
-def _predictor_bytes(predictor: SamPredictor) -> int:
-    total = _tensor_bytes(predictor.features)
-    cache = predictor._cache
-    if cache is not None and dataclasses.is_dataclass(cache):
-        total += sum(_tensor_bytes(getattr(cache, f.name)) for f in dataclasses.fields(cache))
-    return total
 
 
 def _json_number(value: Any) -> Any:
@@ -286,7 +271,7 @@ class SegmentationService:
             height=int(height),
             image=image,
             predictor=predictor,
-            nbytes=int(image.nbytes) + _predictor_bytes(predictor),
+            nbytes=int(image.nbytes) + predictor.nbytes(),
             embed_ms=embed_ms,
         )
         self.images.put(image_id, entry)
