@@ -19,3 +19,6 @@ PY=${PYTHON:-python3}
 "$PY" -m pip install -q -e ".[test]"
 # Official SAM 2 (test oracle only): an sdist that compiles against the torch installed above.
 "$PY" -m pip show sam2 >/dev/null 2>&1 || SAM2_BUILD_CUDA=0 "$PY" -m pip install -q --no-build-isolation sam2==1.1.0
+# Label Studio, for the test that runs the ML backend against a real one: in its own environment
+# (.venv-labelstudio), because its pinned dependencies conflict with the test environment's.
+[ -x .venv-labelstudio/bin/label-studio ] || { "$PY" -m venv .venv-labelstudio && .venv-labelstudio/bin/python -m pip install -q label-studio==1.23.2; }

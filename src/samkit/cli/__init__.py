@@ -17,7 +17,7 @@ from collections.abc import Sequence
 __all__ = ["main", "UserError", "COMMANDS"]
 
 # Module names under samkit.cli, in the order they appear in --help.
-COMMANDS: tuple[str, ...] = ("segment", "download", "everything", "embed", "bench", "export_onnx", "serve", "annotate")
+COMMANDS: tuple[str, ...] = ("segment", "download", "everything", "embed", "bench", "export_onnx", "serve", "annotate", "label_studio")
 
 
 class UserError(Exception):
@@ -53,11 +53,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     from ..allocator import keep_freed_memory
+    from ..devices import runs_on_cpu
     from ..io import ImageReadError
     from ..weights import CheckpointError
 
     # The command line owns its process: let freed tensors' memory be reused, not re-mapped.
-    keep_freed_memory()
+    # A CPU malloc trick: only for commands that compute on the CPU (no --device: they do).
+    if runs_on_cpu(getattr(args, "device", "cpu")):
+        keep_freed_memory()
     try:
         return int(args.func(args) or 0)
     except (UserError, CheckpointError, ImageReadError, ValueError, TypeError, FileNotFoundError) as exc:
