@@ -9,6 +9,7 @@ from segment_anything.utils import amg
 from torchvision.ops import batched_nms
 
 from samkit.everything.filters import (
+    UNBOUNDED,
     is_box_near_crop_edge,
     masks_to_boxes,
     nms,
@@ -84,7 +85,7 @@ def test_stability_bounds_are_sound(size: tuple[int, int]) -> None:
     assert bool(provably_unstable(upper, lower, 0.95)[-1])  # empty: NaN score, always dropped
     low[0, 5, 5] = float("nan")  # inside the region every size reads
     upper, lower = stability_bounds(low, input_size, size, 1024, (1.0, -1.0))
-    assert upper[0] == float("inf") and lower[0] == 0 and not bool(provably_unstable(upper, lower, 0.5)[0])
+    assert upper[0] == UNBOUNDED and lower[0] == 0 and not bool(provably_unstable(upper, lower, 0.5)[0])
 
 
 def test_grids_and_crop_boxes_equal_reference() -> None:

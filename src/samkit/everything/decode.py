@@ -13,13 +13,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ..modeling import ImageSideCache, Sam
 from ..modeling.transformer import PROMPT_CHUNK, NormedImage
 
-__all__ = ["PointBatch", "PointDecoder"]
+__all__ = ["PointBatch", "PointDecoder", "normalized_points"]
+
+
+def normalized_points(coords: Tensor | np.ndarray, image_size: tuple[int, int]) -> Tensor:
+    """Pixel points -> the prompt encoder's normalized coordinates, in float64 on the host.
+
+    ``((x + 0.5) / W, (y + 0.5) / H)`` in float64 then rounded to float32, as the reference
+    computes it (its float64 points reach the positional encoding), but in numpy on the host:
+    the same IEEE operations give the same float32 values, and no float64 tensor reaches the
+    model's device (Apple's MPS has no float64).
+
+    Args:
+        coords: (B, 2) ``(x, y)`` in the model input's pixel space (any float dtype, any device).
+        image_size: (H, W) of the model input.
+
+    Returns:
+        (B, 2) float32 on the CPU.
+    """
+    array = coords.cpu().numpy() if isinstance(coords, Tensor) else np.asarray(coords)
+    size_xy = np.array([float(image_size[1]), float(image_size[0])])  # (2,) float64
+    return torch.from_numpy(((array.astype(np.float64) + 0.5) / size_xy).astype(np.float32))  # (B, 2)
 
 
 @dataclass
@@ -56,13 +77,14 @@ class PointDecoder:
         self._first_mask = decoder.output_token_slice(True).start  # multimask outputs are tokens 1..3
 
     @torch.inference_mode()
-    def run(self, coords: Tensor) -> PointBatch:
+    def run(self, coords: Tensor | np.ndarray) -> PointBatch:
         """Transformer and IoU head for B points, all in one pass (:meth:`decode` runs many
         points a few at a time).
 
         Args:
             coords: (B, 2) ``(x, y)`` points in the resized-image (model input) pixel space;
-                float64 keeps the reference's precision up to the positional encoding.
+                float64 keeps the reference's precision up to the positional encoding (that
+                arithmetic runs on the host: see :func:`normalized_points`).
 
         Returns:
             the batch's tokens, image tokens and (B, 3) IoU predictions.
@@ -70,9 +92,15 @@ class PointDecoder:
         model = self.model
         dtype = model.dtype
         device = model.device
-        points = coords.to(device)[:, None, :]  # (B, 1, 2)
-        labels = torch.ones(points.shape[:2], dtype=torch.int64, device=device)  # (B, 1)
-        sparse = model.prompt_encoder.embed_points(points, labels, pad=True).to(dtype)  # (B, 2, C)
+        encoder = model.prompt_encoder
+        if isinstance(coords, np.ndarray) or coords.dtype == torch.float64:
+            normalized = normalized_points(coords, encoder.input_image_size).to(device)[:, None, :]  # (B, 1, 2)
+            labels = torch.ones(normalized.shape[:2], dtype=torch.int64, device=device)  # (B, 1)
+            sparse = encoder.embed_normalized_points(normalized, labels, pad=True).to(dtype)  # (B, 2, C)
+        else:
+            points = coords.to(device)[:, None, :]  # (B, 1, 2)
+            labels = torch.ones(points.shape[:2], dtype=torch.int64, device=device)  # (B, 1)
+            sparse = encoder.embed_points(points, labels, pad=True).to(dtype)  # (B, 2, C)
         b = sparse.shape[0]
         out_tokens = self._output_tokens.to(dtype).unsqueeze(0).expand(b, -1, -1)  # (B, 5, C)
         tokens = torch.cat([out_tokens, sparse], dim=1)  # (B, 7, C)
@@ -84,7 +112,9 @@ class PointDecoder:
         return PointBatch(tokens=hs, image_tokens=image_tokens, iou=iou.float())
 
     @torch.inference_mode()
-    def decode(self, coords: Tensor, iou_threshold: float | None, chunk: int = PROMPT_CHUNK) -> tuple[Tensor, Tensor, Tensor]:
+    def decode(
+        self, coords: Tensor | np.ndarray, iou_threshold: float | None, chunk: int = PROMPT_CHUNK
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Predicted IoUs of every output, and low-res logits of those above ``iou_threshold``.
 
         :meth:`run` then :meth:`masks`, ``chunk`` prompts at a time: each chunk's image tokens

@@ -24,7 +24,11 @@ __all__ = [
     "nms",
     "stability_bounds",
     "provably_unstable",
+    "UNBOUNDED",
 ]
+
+# Upper bound of a pixel count reported by ``stability_bounds`` for masks with NaN logits.
+UNBOUNDED = 2**62
 
 # Above this many box coordinates the reference NMS (torchvision's batched_nms) switches to a
 # per-category loop that re-sorts the kept indices with an unstable sort; we reproduce the
@@ -219,16 +223,18 @@ def stability_bounds(
         thresholds: (high, low) logit thresholds of the stability score.
 
     Returns:
-        ((N,) float64 upper bound of ``count(upscaled > high)``,
-        (N,) float64 lower bound of ``count(upscaled > low)``).
+        ((N,) int64 upper bound of ``count(upscaled > high)`` (:data:`UNBOUNDED` for NaN logits),
+        (N,) int64 lower bound of ``count(upscaled > low)``), on the CPU. The counts are exact
+        integers computed without float64 (Apple's MPS has none): float32 row sums (exact below
+        2**24 columns), then int64 products and sums.
     """
     _, low_h, low_w = low_res.shape  # (N, h, w)
     row_first, k_y = _footprint(original_size[0], input_size[0], low_h, img_size)  # (H,)
     col_first, k_x = _footprint(original_size[1], input_size[1], low_w, img_size)  # (W,)
     rows = int(row_first.max()) + 1  # anchors in use
     cols = int(col_first.max()) + 1
-    count_y = torch.bincount(row_first, minlength=rows).double()  # (rows,) output rows per anchor
-    count_x = torch.bincount(col_first, minlength=cols).double()  # (cols,)
+    count_y = torch.bincount(row_first, minlength=rows)  # (rows,) int64 output rows per anchor
+    count_x = torch.bincount(col_first, minlength=cols)  # (cols,) int64
     x = low_res[:, : rows + k_y - 1, : cols + k_x - 1].float()  # (N, r, c) the low-res cells read
     margin = 1e-4 * (1.0 + x.flatten(1).abs().amax(1))[:, None, None]  # (N, 1, 1)
     pad = (0, cols + k_x - 1 - x.shape[2], 0, rows + k_y - 1 - x.shape[1])
@@ -246,21 +252,22 @@ def stability_bounds(
 
     high = window_max(x)  # window maxima
     low = -window_max(-x)  # window minima
-    # Counts are integers: float32 sums are exact while they stay below 2**24 (the pixel count).
-    count_dtype = torch.float32 if original_size[0] * original_size[1] < 2**24 else torch.float64
-    weight_y, weight_x = count_y.to(x.device, count_dtype), count_x.to(x.device, count_dtype)
+    # Counts are integers: a row's float32 sum is exact (it is at most the image width, < 2**24);
+    # the sum over rows, which can pass 2**24, is taken in int64.
+    weight_x = count_x.to(x.device, torch.float32)  # (cols,)
+    weight_y = count_y.to(x.device)  # (rows,) int64
     n = x.shape[0]
 
     def weighted_count(above: Tensor) -> Tensor:
-        """(N, rows, cols) bool -> (N,) float64 sum of count_y[r] * count_x[c] where set."""
-        per_row = above.to(count_dtype).view(n * rows, cols) @ weight_x  # (N*rows,)
-        return (per_row.view(n, rows) @ weight_y).double()  # (N,)
+        """(N, rows, cols) bool -> (N,) int64 sum of count_y[r] * count_x[c] where set."""
+        per_row = above.to(torch.float32).view(n * rows, cols) @ weight_x  # (N*rows,) exact integers
+        return (per_row.view(n, rows).to(torch.int64) * weight_y).sum(1)  # (N,)
 
     upper = weighted_count(high > thresholds[0] - margin)  # (N,)
     lower = weighted_count(low > thresholds[1] + margin)  # (N,)
     unknown = x.isnan().flatten(1).any(1)  # (N,) NaN logits: no bound, never pruned
-    upper = torch.where(unknown, math.inf, upper)
-    lower = torch.where(unknown, 0.0, lower)
+    upper = torch.where(unknown, UNBOUNDED, upper)
+    lower = torch.where(unknown, 0, lower)
     return upper.cpu(), lower.cpu()
 
 
@@ -278,5 +285,8 @@ def provably_unstable(upper_high: Tensor, lower_low: Tensor, threshold: float) -
     Returns:
         (N,) bool.
     """
-    certain_ratio = (lower_low > 0) & (upper_high < threshold * (1.0 - 1e-6) * lower_low)
-    return (upper_high == 0) | certain_ratio
+    # In float64 on the host (numpy): counts are exact there, and no float64 tensor is made.
+    upper = upper_high.cpu().numpy().astype(np.float64)  # (N,)
+    lower = lower_low.cpu().numpy().astype(np.float64)  # (N,)
+    certain_ratio = (lower > 0) & (upper < threshold * (1.0 - 1e-6) * lower)
+    return torch.from_numpy((upper == 0) | certain_ratio)  # (N,) bool

@@ -308,7 +308,7 @@ class SamAutomaticMaskGenerator:
         orig_size: tuple[int, int],
     ) -> MaskSet:
         threshold = self.pred_iou_thresh if self.pred_iou_thresh > 0.0 else None
-        iou, index, low_res = decoder.decode(torch.from_numpy(model_points), threshold)  # (3B,), (N,), (N, h, w)
+        iou, index, low_res = decoder.decode(model_points, threshold)  # (3B,), (N,), (N, h, w)
         n_out = len(iou) // len(points)
         stats = self.last_stats
         stats["prompts"] = stats.get("prompts", 0) + len(points)

@@ -131,6 +131,29 @@ class PromptEncoder(nn.Module):
             points = torch.cat([points, points.new_zeros(points.shape[0], 1, 2)], dim=1)  # (B, N+1, 2)
             labels = torch.cat([labels, -labels.new_ones(labels.shape[0], 1)], dim=1)  # (B, N+1)
         embedding = self.pe_layer.forward_with_coords(points, self.input_image_size)  # (B, N, C)
+        return self._with_label_embeddings(embedding, labels)
+
+    def embed_normalized_points(self, coords: Tensor, labels: Tensor, pad: bool) -> Tensor:
+        """:meth:`embed_points` for points already normalized by the caller.
+
+        For callers that compute ``(pixel + 0.5) / (W, H)`` themselves, e.g. in float64 on the
+        host, so that no float64 tensor reaches the model's device (Apple's MPS has none).
+
+        Args:
+            coords: (B, N, 2) float32 ``((x + 0.5) / W, (y + 0.5) / H)`` in the 1024-space.
+            labels: (B, N) in {-1, 0, 1, 2, 3}.
+            pad: append one "not a point" token (done when no box is given).
+
+        Returns:
+            (B, N(+1), C) sparse embeddings, equal to :meth:`embed_points` of the pixel points.
+        """
+        if pad:  # the padding token's coordinates are never read: its label replaces its encoding
+            coords = torch.cat([coords, coords.new_zeros(coords.shape[0], 1, 2)], dim=1)  # (B, N+1, 2)
+            labels = torch.cat([labels, -labels.new_ones(labels.shape[0], 1)], dim=1)  # (B, N+1)
+        return self._with_label_embeddings(self.pe_layer.encode(coords.float()), labels)
+
+    def _with_label_embeddings(self, embedding: Tensor, labels: Tensor) -> Tensor:
+        """(B, N, C) positional encodings of points with (B, N) labels -> their sparse embeddings."""
         lab = labels.unsqueeze(-1)  # (B, N, 1)
         embedding = torch.where(lab == LABEL_PADDING, self.not_a_point_embed.weight.to(embedding.dtype), embedding)
         for value, table in enumerate(self.point_embeddings):
