@@ -18,6 +18,7 @@ __all__ = [
     "check_dtype_supported",
     "synchronize",
     "is_accelerator",
+    "runs_on_cpu",
 ]
 
 AUTO = "auto"
@@ -94,6 +95,15 @@ def _cuda_build_note() -> str:
     if torch.version.cuda is None:
         return f"torch {torch.__version__} is a CPU build"
     return f"torch {torch.__version__} with CUDA {torch.version.cuda} found no GPU"
+
+
+def runs_on_cpu(name: str | torch.device | None) -> bool:
+    """Whether ``name`` (as :func:`resolve_device` reads it) is the CPU here; False for a device
+    this machine lacks (whoever uses it reports that)."""
+    try:
+        return resolve_device(name).type == "cpu"
+    except DeviceUnavailable:
+        return False
 
 
 def is_accelerator(device: torch.device | str) -> bool:

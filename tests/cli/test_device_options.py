@@ -85,7 +85,8 @@ def test_auto_is_the_default_device(cpu_only, captured_build, monkeypatch: pytes
 
 def test_dtype_auto_is_passed_to_build_sam(cpu_only, captured_build) -> None:  # type: ignore[no-untyped-def]
     load_model(_args("--dtype", "auto", "--model", "vit_t"))
-    assert captured_build == [{"variant": "vit_t", "checkpoint": None, "device": torch.device("cpu"), "dtype": "auto"}]
+    (call,) = captured_build
+    assert (call["variant"], call["checkpoint"], call["device"], call["dtype"]) == ("vit_t", None, torch.device("cpu"), "auto")
 
 
 def test_dtype_choices_in_help(capsys: pytest.CaptureFixture[str]) -> None:
@@ -93,3 +94,20 @@ def test_dtype_choices_in_help(capsys: pytest.CaptureFixture[str]) -> None:
         main(["segment", "--help"])
     out = capsys.readouterr().out
     assert "float16" in out and "auto" in out and "mps" in out
+
+
+@pytest.mark.parametrize(("device", "expected"), [("cpu", 1), ("cuda", 0), ("auto", 0), ("garbage", 0)])
+def test_malloc_tuning_only_on_cpu_runs(  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], device: str, expected: int
+) -> None:
+    import samkit.allocator
+    import samkit.cli.bench
+
+    calls: list[bool] = []
+    monkeypatch.setattr(samkit.allocator, "keep_freed_memory", lambda: calls.append(True) or True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with a GPU
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(samkit.cli.bench, "run", lambda args: 0)  # the command itself does nothing
+    assert main(["bench", "--device", device]) == 0
+    capsys.readouterr()
+    assert len(calls) == expected

@@ -53,11 +53,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     from ..allocator import keep_freed_memory
+    from ..devices import runs_on_cpu
     from ..io import ImageReadError
     from ..weights import CheckpointError
 
     # The command line owns its process: let freed tensors' memory be reused, not re-mapped.
-    keep_freed_memory()
+    # A CPU malloc trick: only for commands that compute on the CPU (no --device: they do).
+    if runs_on_cpu(getattr(args, "device", "cpu")):
+        keep_freed_memory()
     try:
         return int(args.func(args) or 0)
     except (UserError, CheckpointError, ImageReadError, ValueError, TypeError, FileNotFoundError) as exc:
