@@ -13,10 +13,19 @@ import functools
 import logging
 import platform
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: the ONNX predictor reads flags without it
+    import torch
 
-__all__ = ["MachineInfo", "machine_info", "cpu_has_fast_bf16", "auto_dtype", "RELEVANT_CPU_FLAGS"]
+__all__ = [
+    "MachineInfo",
+    "machine_info",
+    "cpu_has_fast_bf16",
+    "cpu_has_int8_dot_product",
+    "auto_dtype",
+    "RELEVANT_CPU_FLAGS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +43,8 @@ RELEVANT_CPU_FLAGS = (
 )
 # Any one of these gives bf16 matrix products faster than fp32 ones.
 _BF16_MATRIX_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+# u8 x s8 dot-product instructions: x86 VNNI/AMX, ARM's SDOT/UDOT ("asimddp" in /proc/cpuinfo).
+_INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"})
 
 
 @dataclass(frozen=True)
@@ -106,6 +117,8 @@ def _cpu_model_and_flags() -> tuple[str, frozenset[str]]:
 
 def machine_info() -> MachineInfo:
     """Read the machine's facts now (thread count and GPU as they are at the call)."""
+    import torch
+
     model, flags = _cpu_model_and_flags()
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     return MachineInfo(
@@ -126,7 +139,21 @@ def cpu_has_fast_bf16(flags: frozenset[str] | None = None) -> bool:
     return bool(flags & _BF16_MATRIX_FLAGS)
 
 
-def auto_dtype(device: torch.device | str | None, *, cpu_flags: frozenset[str] | None = None) -> tuple[torch.dtype, str]:
+def cpu_has_int8_dot_product(flags: frozenset[str] | None = None) -> bool:
+    """Whether this CPU has u8 x s8 dot-product instructions (VNNI, AMX-INT8 or ARM dot product).
+
+    Without them, onnxruntime's u8 x s8 kernels sum pairs of products in 16 bits and saturate;
+    with them, signed weights run about twice as fast as unsigned ones (measured on a Zen 4 with
+    AVX512-VNNI, one thread: 283 vs 140 GOP/s for a 4096x768x3072 MLP, dynamic activations).
+    """
+    if flags is None:
+        flags = _cpu_model_and_flags()[1]
+    return bool(flags & _INT8_DOT_FLAGS)
+
+
+def auto_dtype(
+    device: torch.device | str | None, *, cpu_flags: frozenset[str] | None = None
+) -> tuple[torch.dtype, str]:
     """The fastest dtype the device runs accurately, and why it was chosen.
 
     bfloat16 on CUDA devices that support it and on CPUs with bf16 matrix instructions
@@ -140,6 +167,8 @@ def auto_dtype(device: torch.device | str | None, *, cpu_flags: frozenset[str] |
     Returns:
         (dtype, reason) where reason is a short phrase for logs and the CLI.
     """
+    import torch
+
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if dev.type == "cuda":
         if torch.cuda.is_available() and torch.cuda.is_bf16_supported():

@@ -9,7 +9,7 @@ import torch
 
 from samkit import build_sam
 from samkit.config import ImageEncoderConfig, MaskDecoderConfig, PromptEncoderConfig, SamConfig
-from samkit.hardware import RELEVANT_CPU_FLAGS, auto_dtype, cpu_has_fast_bf16, machine_info
+from samkit.hardware import RELEVANT_CPU_FLAGS, auto_dtype, cpu_has_fast_bf16, cpu_has_int8_dot_product, machine_info
 
 
 def test_machine_info_header_names_cpu_flags_and_capability() -> None:
@@ -64,3 +64,18 @@ def test_build_sam_dtype_auto_picks_and_says(caplog: pytest.LogCaptureFixture) -
 def test_build_sam_rejects_unknown_dtype_name() -> None:
     with pytest.raises(ValueError, match="'auto'"):
         build_sam(_tiny_config(), dtype="float8")
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (frozenset({"avx2", "fma"}), False),
+        (frozenset({"avx2", "avx512f", "avx512_bf16"}), False),
+        (frozenset({"avx512f", "avx512_vnni"}), True),
+        (frozenset({"avx2", "avx_vnni"}), True),
+        (frozenset({"amx_int8"}), True),
+        (frozenset({"fp", "asimd", "asimddp"}), True),
+    ],
+)
+def test_int8_dot_product_flags(flags: frozenset[str], expected: bool) -> None:
+    assert cpu_has_int8_dot_product(flags) is expected

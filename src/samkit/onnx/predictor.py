@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from ..hardware import cpu_has_int8_dot_product
 from ..geometry import map_boxes, map_coords, resize_longest_side
 from ..io import to_rgb_uint8
 from ..prompts import as_boxes, as_labels, as_mask_input, as_points
@@ -146,6 +148,12 @@ class OnnxPredictor:
         self._pixel_mean = np.asarray(mean, dtype=np.float32).reshape(1, 1, 3)
         self._pixel_std = np.asarray(std, dtype=np.float32).reshape(1, 1, 3)
         self.image_format = meta.get("samkit.image_format", "RGB")
+        signed_weights = meta.get("samkit.quantization", "").startswith("dynamic_qint8")
+        if signed_weights and platform.machine().lower() in ("x86_64", "amd64") and not cpu_has_int8_dot_product():
+            logger.warning(
+                "the encoder's int8 weights are signed (qint8), which onnxruntime computes with saturating "
+                "16-bit sums on CPUs without VNNI: masks may be degraded; export with weight_type='quint8' for this CPU"
+            )
 
     def _configure_decoder(self) -> None:
         meta = self.decoder.get_modelmeta().custom_metadata_map
