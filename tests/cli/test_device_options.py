@@ -83,10 +83,14 @@ def test_auto_is_the_default_device(cpu_only, captured_build, monkeypatch: pytes
     assert captured_build[-1]["device"] == torch.device("cuda")
 
 
-def test_dtype_auto_is_passed_to_build_sam(cpu_only, captured_build) -> None:  # type: ignore[no-untyped-def]
+def test_dtype_auto_is_resolved_for_the_device_and_said(cpu_only, captured_build, capsys) -> None:  # type: ignore[no-untyped-def]
+    from samkit.hardware import auto_dtype
+
     load_model(_args("--dtype", "auto", "--model", "vit_t"))
     (call,) = captured_build
-    assert (call["variant"], call["checkpoint"], call["device"], call["dtype"]) == ("vit_t", None, torch.device("cpu"), "auto")
+    chosen = str(auto_dtype("cpu")[0]).removeprefix("torch.")
+    assert (call["variant"], call["checkpoint"], call["device"], call["dtype"]) == ("vit_t", None, torch.device("cpu"), chosen)
+    assert f"--dtype auto: {chosen} (" in capsys.readouterr().err
 
 
 def test_dtype_choices_in_help(capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 __all__ = ["add_model_args", "load_model", "model_device", "parse_floats", "existing_file"]
@@ -58,8 +59,14 @@ def load_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     checkpoint = args.checkpoint
     if checkpoint is not None:
         checkpoint = existing_file(checkpoint, "--checkpoint")
-    # "auto" goes to build_sam as it is: build_sam chooses the dtype for the device.
-    return build_sam(args.model, checkpoint, device=device, dtype=args.dtype, compile=getattr(args, "compile", False))
+    dtype = args.dtype
+    if dtype == "auto":  # say what was chosen: the user asked the machine to decide
+        from ..hardware import auto_dtype
+
+        chosen, reason = auto_dtype(device)
+        dtype = str(chosen).removeprefix("torch.")
+        print(f"--dtype auto: {dtype} ({reason})", file=sys.stderr)
+    return build_sam(args.model, checkpoint, device=device, dtype=dtype, compile=getattr(args, "compile", False))
 
 
 def model_device(args: argparse.Namespace):  # type: ignore[no-untyped-def]
