@@ -227,6 +227,8 @@ class BenchContext:
         self.workdir = workdir
         self.rounds = rounds
         self.device = device
+        # ONNX Runtime providers of the onnx row (default: those for ``device``).
+        self.onnx_providers: list[str] | None = None
         self.image = benchmark_image()
         self._checkpoints: dict[str, str] = {}
         self._cache: dict[str, Any] = {}
@@ -603,6 +605,7 @@ def row_onnx(ctx: BenchContext, variant: str = "vit_b") -> list[BenchRow]:
     """ONNX Runtime encoder and predict latency (fp32 and int8) against samkit torch fp32."""
     try:
         from .onnx import OnnxPredictor, export_onnx
+        from .onnx.providers import providers_for_device
     except ImportError as exc:
         return [BenchRow("onnx", "samkit torch", None, None, check=f"onnx extra not installed ({exc})", ok=False)]
     from .build import build_sam
@@ -615,7 +618,7 @@ def row_onnx(ctx: BenchContext, variant: str = "vit_b") -> list[BenchRow]:
     point = {"point_coords": np.array([[w * 0.45, h * 0.55]]), "point_labels": np.array([1])}
     rows = []
     for label, kwargs in (("fp32", {}), ("int8", {"quantized": True})):
-        ort = OnnxPredictor.from_dir(out, **kwargs)
+        ort = OnnxPredictor.from_dir(out, providers=ctx.onnx_providers or providers_for_device(ctx.device), **kwargs)
         medians = time_alternating({"samkit": lambda: ours.set_image(image), "ort": lambda: ort.set_image(image)}, ctx.rounds)
         m_t, _, _ = ours.predict(**point)
         m_o, _, _ = ort.predict(**point)
@@ -691,6 +694,7 @@ def run_benchmark(
     baselines: str | os.PathLike[str] | None = None,
     device: str = "cpu",
     on_row: Callable[[BenchRow], None] | None = None,
+    onnx_providers: list[str] | None = None,
 ) -> list[BenchRow]:
     """Run the named rows on ``device`` and return their results.
 
@@ -716,6 +720,7 @@ def run_benchmark(
     try:
         with tempfile.TemporaryDirectory(prefix="samkit-bench-") as tmp:
             ctx = BenchContext(module, Path(tmp), rounds, device)
+            ctx.onnx_providers = onnx_providers
             for name in rows:
                 logger.info("benchmark row %s", name)
                 for row in _run_row(name, ctx):

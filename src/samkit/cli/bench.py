@@ -32,6 +32,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="cpu (default), cuda, cuda:N, mps, or auto (cuda, then mps, then cpu); both sides run there",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument(
+        "--onnx-providers",
+        default=None,
+        metavar="LIST",
+        help="ONNX Runtime providers of the onnx rows, e.g. cuda,cpu (default: those for --device)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -47,10 +53,22 @@ def run(args: argparse.Namespace) -> int:
 
     if args.rounds < 1:
         raise UserError("--rounds must be >= 1")
+    if args.json:
+        from ..outputs import check_output_file
+
+        check_output_file(args.json, what="--json")  # before minutes of benchmarking
     try:
         device = str(resolve_device(args.device))
     except DeviceUnavailable as exc:
         raise UserError(f"--device: {exc}") from None
+    onnx_providers = None
+    if args.onnx_providers is not None:
+        from ..onnx.providers import parse_providers
+
+        try:
+            onnx_providers = parse_providers(args.onnx_providers)
+        except ValueError as exc:
+            raise UserError(f"--onnx-providers: {exc}") from None
     if args.rows is None:
         rows = default_rows(device)
     elif args.rows.strip() == "all":
@@ -67,7 +85,9 @@ def run(args: argparse.Namespace) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         print(f"machine: {machine_info().header()}", flush=True)
-        results = run_benchmark(rows, rounds=args.rounds, baselines=args.baselines, device=device, on_row=show)
+        results = run_benchmark(
+            rows, rounds=args.rounds, baselines=args.baselines, device=device, on_row=show, onnx_providers=onnx_providers
+        )
     finally:
         torch.set_num_threads(threads_before)  # main() may be called in-process (tests, notebooks)
     print(format_table(results))
