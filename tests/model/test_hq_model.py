@@ -173,3 +173,36 @@ def test_hq_embedding_without_hq_features_is_refused(tiny_hq: HQSam, tiny_sam: s
     save_file({"features": features}, tmp_path / "relabelled.emb", metadata=metadata)
     with pytest.raises(ValueError, match=r"HQ features have shape none, expected \(1, 4, 80, 80\)"):
         samkit.SamPredictor(tiny_hq).load_embedding(tmp_path / "relabelled.emb")
+
+
+def test_hq_forward_equals_the_predictor_path(tiny_hq: HQSam) -> None:
+    """``HQSam.forward`` (plain decoder path, no image-side cache) gives the predictor's logits."""
+    predictor = samkit.SamPredictor(tiny_hq)
+    image = np.random.default_rng(1).integers(0, 255, size=(320, 320, 3), dtype=np.uint8)
+    predictor.set_image(image)
+    coords, labels = torch.tensor([[[100.0, 120.0]], [[250.0, 40.0]]]), torch.tensor([[1], [1]])
+    for multimask in (True, False):
+        _, iou, low_res = predictor.predict_torch(coords, labels, multimask_output=multimask, hq_token_only=False)
+        with torch.inference_mode():
+            images = tiny_hq.preprocess(torch.from_numpy(image).permute(2, 0, 1)[None].float())  # (1, 3, 320, 320)
+            forward_low_res, forward_iou = tiny_hq(images, coords, labels, multimask_output=multimask)
+        torch.testing.assert_close(forward_low_res, low_res, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(forward_iou, iou, rtol=1e-4, atol=1e-4)
+
+
+def test_hq_bfloat16_mode_runs(tiny_config: Callable[..., SamConfig], tmp_path: Path) -> None:
+    """The fast mode (bf16 encoder, fp32 decoder on CPU) feeds the HQ decoder float32 features."""
+    torch.manual_seed(0)
+    config = hq_config(tiny_config())
+    torch.save(samkit.build_sam(config).state_dict(), tmp_path / "hq.pth")
+    fp32 = samkit.SamPredictor(samkit.build_sam(config, tmp_path / "hq.pth"))
+    bf16 = samkit.SamPredictor(samkit.build_sam(config, tmp_path / "hq.pth", dtype=torch.bfloat16))
+    image = np.random.default_rng(2).integers(0, 255, size=(200, 320, 3), dtype=np.uint8)
+    point = {"point_coords": np.array([[100, 80]]), "point_labels": np.array([1]), "return_logits": True}
+    outputs = []
+    for predictor in (fp32, bf16):
+        predictor.set_image(image)
+        assert predictor.hq_features is not None and predictor.hq_features.dtype == torch.float32
+        outputs.append(predictor.predict(**point)[2])
+    assert np.isfinite(outputs[1]).all()
+    assert float(np.abs(outputs[1] - outputs[0]).max()) < 0.1 * max(1.0, float(np.abs(outputs[0]).max()))
