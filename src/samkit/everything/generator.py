@@ -30,10 +30,12 @@ from torch import Tensor
 from ..io import to_rgb_uint8
 from ..modeling import Sam
 from ..modeling.hq_sam import HQImageCache, HQSam
+from ..modeling.sam2 import Sam2, Sam2ImageCache
 from ..predictor import SamPredictor
-from ..transforms import postprocess_masks, preprocess_shape
+from ..transforms import preprocess_shape
 from .decode import PointDecoder
 from .hq_decode import HQPointDecoder
+from .sam2_decode import Sam2PointDecoder
 from .filters import (
     box_area,
     box_xyxy_to_xywh,
@@ -164,7 +166,7 @@ class SamAutomaticMaskGenerator:
         *,
         progress: bool = False,
     ) -> None:
-        if not isinstance(model, Sam):
+        if not isinstance(model, (Sam, Sam2)):
             raise TypeError(f"model: expected a samkit Sam model, got {type(model).__name__}")
         self.crop_n_layers = _check_int("crop_n_layers", crop_n_layers, 0)
         if (points_per_side is None) == (point_grids is None):
@@ -268,8 +270,11 @@ class SamAutomaticMaskGenerator:
         predictor = self.predictor
         predictor.set_image(crop)
         assert predictor.features is not None and predictor.input_size is not None
-        decoder: PointDecoder | HQPointDecoder
-        if isinstance(predictor.model, HQSam):  # one mask per point (best SAM mask + HQ mask)
+        decoder: PointDecoder | HQPointDecoder | Sam2PointDecoder
+        if isinstance(predictor.model, Sam2):  # SAM 2: three masks per point, stretched framing
+            assert isinstance(predictor._cache, Sam2ImageCache)
+            decoder = Sam2PointDecoder(predictor.model, predictor.features, predictor._cache)
+        elif isinstance(predictor.model, HQSam):  # one mask per point (best SAM mask + HQ mask)
             assert isinstance(predictor._cache, HQImageCache)
             decoder = HQPointDecoder(predictor.model, predictor.features, predictor._cache)
         else:
@@ -282,8 +287,12 @@ class SamAutomaticMaskGenerator:
         parts = []
         for start in range(0, len(points), self.points_per_batch):
             batch_points = points[start : start + self.points_per_batch]  # (B, 2)
+            if isinstance(predictor.model, Sam2):  # as the official SAM 2: float32, / side * 1024
+                model_points = predictor.transform.apply_coords(batch_points, crop_size)  # (B, 2)
+            else:
+                model_points = batch_points * scale  # (B, 2) float64
             parts.append(
-                self._process_batch(decoder, batch_points, batch_points * scale, input_size, crop_size, crop_box, orig_size)
+                self._process_batch(decoder, batch_points, model_points, input_size, crop_size, crop_box, orig_size)
             )
             bar.update(1)
         predictor.reset_image()
@@ -318,7 +327,8 @@ class SamAutomaticMaskGenerator:
             return MaskSet()
         mask_threshold = self.model.mask_threshold
         offset = self.stability_score_offset
-        if self.stability_score_thresh > 0.0:
+        if self.stability_score_thresh > 0.0 and not isinstance(self.model, Sam2):
+            # (The bounds assume SAM 1's two-step upscaling; SAM 2 upscales in one step.)
             # Drop masks whose stability provably fails, from bounds on the low-res logits,
             # before the (costly) upscaling; the kept set is unchanged.
             upper_high, lower_low = stability_bounds(
@@ -334,7 +344,7 @@ class SamAutomaticMaskGenerator:
         chunk = max(1, _CHUNK_PIXELS // (crop_h * crop_w))
         kept_idx, stabilities, boxes, rles = [], [], [], []
         for start in range(0, len(index), chunk):
-            logits = postprocess_masks(low_res[start : start + chunk], input_size, crop_size, self.model.img_size)  # (n, h, w)
+            logits = self.predictor.transform.postprocess_masks(low_res[start : start + chunk], input_size, crop_size)  # (n, h, w)
             high, low = _count_above(logits, (mask_threshold + offset, mask_threshold - offset))  # (n,) each
             stability = stability_from_counts(high, low)  # (n,) float32
             sel = torch.arange(len(stability))

@@ -1,0 +1,79 @@
+"""``SamAutomaticMaskGenerator`` with a SAM 2.1 model against the official ``SAM2AutomaticMaskGenerator``.
+
+Both load one perturbed official-format hiera_t checkpoint. Perturbed random weights make
+image-wide masks that NMS would merge into one, so box NMS and both score filters are off
+here: every candidate of a 4x4 grid (48 masks) is compared one to one. Pixels may differ only
+where the official logit is within 1e-3 of the threshold.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+import samkit
+from samkit.everything import SamAutomaticMaskGenerator
+
+from .conftest import make_image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "parity"))
+from sam2_oracle import perturbed_official  # noqa: E402
+
+OPTIONS = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0}
+
+
+def assert_records_match(ours: list[dict[str, Any]], official: list[dict[str, Any]], logits_of: Any) -> None:
+    """One-to-one by prompt point and predicted IoU; masks equal except where |official logit| < 1e-3."""
+    assert len(ours) == len(official)
+    used: set[int] = set()
+    for j, ref in enumerate(official):
+        same = [
+            i for i, rec in enumerate(ours)
+            if i not in used
+            and np.allclose(rec["point_coords"], ref["point_coords"], rtol=0, atol=1e-4)
+            and abs(rec["predicted_iou"] - ref["predicted_iou"]) < 1e-4
+        ]
+        assert same, f"official mask {j} (point {ref['point_coords']}) has no samkit record"
+        ref_mask = np.asarray(ref["segmentation"], dtype=bool)
+        i = min(same, key=lambda k: int((np.asarray(ours[k]["segmentation"], dtype=bool) != ref_mask).sum()))
+        used.add(i)
+        rec = ours[i]
+        assert rec["crop_box"] == [int(v) for v in ref["crop_box"]]
+        stability, ref_stability = float(rec["stability_score"]), float(ref["stability_score"])
+        assert (np.isnan(stability) and np.isnan(ref_stability)) or abs(stability - ref_stability) < 1e-3
+        differ = np.asarray(rec["segmentation"], dtype=bool) != ref_mask
+        if differ.any():
+            worst = float(np.abs(logits_of(ref)[differ]).max())
+            assert worst < 1e-3, f"mask {j}: {int(differ.sum())} pixels differ, official logit {worst:.3g} there"
+        else:
+            assert rec["area"] == ref["area"] and rec["bbox"] == [int(v) for v in ref["bbox"]]
+
+
+@pytest.mark.slow
+def test_sam21_hiera_t_every_candidate(tmp_path: Path) -> None:
+    path = tmp_path / "sam2.1_hiera_tiny.pt"
+    official_model = perturbed_official("sam2.1_hiera_t", path, seed=9)
+    image = make_image(546, 967, seed=2)
+    official = SAM2AutomaticMaskGenerator(official_model, **OPTIONS).generate(image)
+    ours = SamAutomaticMaskGenerator(samkit.build_sam("sam2.1_hiera_t", path), **OPTIONS).generate(image)
+    assert len(official) == 48
+
+    predictor: list[SAM2ImagePredictor] = []
+
+    def logits_of(ref: dict[str, Any]) -> np.ndarray:
+        """The official full-size logits of a record's mask (its prompt's output with its IoU)."""
+        if not predictor:
+            predictor.append(SAM2ImagePredictor(official_model))
+            predictor[0].set_image(image)
+        logits, scores, _ = predictor[0].predict(
+            point_coords=np.array(ref["point_coords"]), point_labels=np.array([1]), return_logits=True
+        )
+        return logits[int(np.argmin(np.abs(scores - ref["predicted_iou"])))]
+
+    assert_records_match(ours, official, logits_of)
