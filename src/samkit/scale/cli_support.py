@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import functools
+import dataclasses
 from typing import Any
 
-__all__ = ["add_engine_args", "engine_kwargs", "model_factory", "build_worker_model"]
+__all__ = ["add_engine_args", "engine_kwargs", "model_factory", "build_worker_model", "WorkerModelFactory"]
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
@@ -60,8 +60,8 @@ def model_factory(args: argparse.Namespace) -> tuple[Any, str]:
     """A picklable factory for the model named by ``samkit.cli.common.add_model_args`` options.
 
     Returns:
-        (factory, job_id): ``functools.partial(build_sam, ...)`` (each worker builds its own
-        replica on its own device) and a string identifying model and weights.
+        (factory, job_id): a :class:`WorkerModelFactory` (each worker builds its own replica on
+        its own device) and a string identifying model and weights.
     """
     from ..cli.common import existing_file
 
@@ -70,8 +70,28 @@ def model_factory(args: argparse.Namespace) -> tuple[Any, str]:
         from ..weights import resolve_checkpoint
 
         checkpoint = str(resolve_checkpoint(args.model, None))  # download once here, not in every worker
-    factory = functools.partial(build_worker_model, args.model, checkpoint, args.device, args.dtype)
+    factory = WorkerModelFactory(args.model, checkpoint, getattr(args, "device", None), args.dtype)
     return factory, f"{args.model}:{checkpoint}:{args.dtype}"
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerModelFactory:
+    """Picklable model factory for workers; ``device`` tells the Ray engine whether actors need GPUs.
+
+    Attributes:
+        variant: model variant.
+        checkpoint: checkpoint path (the same on every node).
+        device: ``--device`` as given (``auto``, ``cpu``, ``cuda``, ...), resolved in each worker.
+        dtype: ``--dtype`` as given.
+    """
+
+    variant: str
+    checkpoint: str
+    device: str | None
+    dtype: str
+
+    def __call__(self) -> Any:
+        return build_worker_model(self.variant, self.checkpoint, self.device, self.dtype)
 
 
 def build_worker_model(variant: str, checkpoint: str, device: str | None, dtype: str) -> Any:

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from .placement import plan_actors
 from .work import ImageProcessor, ImageResult, WorkItem
 
 __all__ = ["run_ray", "RayStats"]
@@ -46,6 +47,7 @@ def run_ray(
     workers: int = 1,
     address: str | None = None,
     cpus_per_worker: float | None = None,
+    device: str | None = None,
     max_restarts: int = 3,
     max_attempts: int = 3,
 ) -> RayStats:
@@ -58,13 +60,22 @@ def run_ray(
         workers: actors, i.e. model replicas.
         address: Ray cluster address (None: join the running cluster if this process is
             connected, else start a local one).
-        cpus_per_worker: CPUs reserved per actor (default: the cluster's CPUs / workers, at
-            least 1; 1 when the cluster has GPUs, where each actor takes one GPU).
+        cpus_per_worker: CPUs reserved per actor (default: the most whole CPUs per actor for
+            which every actor fits on the cluster's nodes, at least 1; see
+            :func:`samkit.scale.placement.plan_actors`). Torch threads per actor default to it.
+        device: the workers' model device (``auto``, ``cpu``, ``cuda``, ...); default: the
+            ``device`` attribute of ``processor_kwargs["model_factory"]`` when it has one, else
+            ``auto``. Actors take a GPU only for ``cuda``/``gpu``, or for ``auto`` on a cluster
+            with GPUs; actors without one see no CUDA device.
         max_restarts: restarts of one actor after its process dies.
         max_attempts: actors an image may be sent to before it is reported failed.
 
     Returns:
         run counters.
+
+    Raises:
+        samkit.scale.placement.PlacementError: GPUs asked for on a cluster without them, or
+            more actors than the cluster can place (they would wait forever), before any starts.
     """
     ray = _import_ray()
     from ray.exceptions import RayActorError
@@ -75,21 +86,29 @@ def run_ray(
         started_here = True
     actors: list[Any] = []
     try:
-        resources = ray.cluster_resources()
-        use_gpu = resources.get("GPU", 0) >= 1
-        if cpus_per_worker is None:
-            cpus_per_worker = 1.0 if use_gpu else max(1.0, float(int(resources.get("CPU", 1) // workers)))
+        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+        if device is None:
+            device = getattr(processor_kwargs.get("model_factory"), "device", None)
+        plan = plan_actors(
+            nodes, workers, device, cpus_per_worker=cpus_per_worker, threads=processor_kwargs.get("threads")
+        )
+        use_gpu = plan.gpus_per_worker > 0
         kwargs = dict(processor_kwargs)
-        if kwargs.get("threads") is None and not use_gpu:
-            kwargs["threads"] = max(1, int(cpus_per_worker))
+        kwargs["threads"] = plan.threads
         actor_cls = ray.remote(_RayWorker).options(
-            num_cpus=cpus_per_worker,
-            num_gpus=1 if use_gpu else 0,
+            num_cpus=plan.cpus_per_worker,
+            num_gpus=plan.gpus_per_worker,
             max_restarts=max_restarts,
             max_task_retries=max_restarts,
         )
-        actors = [actor_cls.remote(kwargs) for _ in range(workers)]
-        stats = RayStats(actors=len(actors), resubmitted=0, gpu=use_gpu, cpus_per_worker=cpus_per_worker)
+        actors = [actor_cls.remote(kwargs, use_gpu) for _ in range(workers)]
+        stats = RayStats(
+            actors=len(actors),
+            resubmitted=0,
+            gpu=use_gpu,
+            cpus_per_worker=plan.cpus_per_worker,
+            threads=plan.threads,
+        )
         _dispatch(ray, RayActorError, actors, items, sink, stats, max_attempts)
         return stats
     finally:
@@ -151,11 +170,17 @@ def _dispatch(
 class _RayWorker:
     """Actor body: one :class:`ImageProcessor` (one model replica) per actor process."""
 
-    def __init__(self, processor_kwargs: dict[str, Any]) -> None:
+    def __init__(self, processor_kwargs: dict[str, Any], use_gpu: bool = False) -> None:
+        import os
+
         from ..allocator import keep_freed_memory
 
-        keep_freed_memory()  # the actor process is ours alone
+        if not use_gpu:
+            # No GPU was reserved for this actor: it must not use one (Ray may leave GPUs visible).
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
         self.processor = ImageProcessor(**processor_kwargs)
+        if self.processor.model.device.type == "cpu":
+            keep_freed_memory()  # a CPU malloc trick; the actor process is ours alone
 
     def process(self, item: WorkItem) -> ImageResult:
         """Process one image."""
