@@ -89,3 +89,19 @@ def test_embed_with_hq_model_loads_back(hq_tiny_checkpoint: Path, tmp_path: Path
     expected, _, _ = direct.predict(**prompt)
     actual, _, _ = loaded.predict(**prompt)
     np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-4)
+
+
+def test_segment_hq_token_only(hq_tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "mask.png"
+    args = ["segment", str(EXAMPLE), "--point", "225,150", "--out", str(out), "--json", "--hq-token-only"]
+    assert main([*args, "--model", "vit_b"]) == 2  # a user error, before any model is loaded
+    assert "--hq-token-only: only HQ-SAM models" in capsys.readouterr().err
+    assert main([*args, "--model", "hq_vit_tiny", "--checkpoint", str(hq_tiny_checkpoint)]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    predictor = samkit.SamPredictor(samkit.build_sam("hq_vit_tiny", hq_tiny_checkpoint))
+    predictor.set_image(samkit.load_image(EXAMPLE))
+    masks, scores, _ = predictor.predict(
+        point_coords=np.array([[225, 150]]), point_labels=np.array([1]), hq_token_only=True
+    )
+    assert abs(result["scores"][0] - float(scores[0])) < 1e-3
+    assert np.array_equal(np.asarray(Image.open(out)) > 0, masks[0])

@@ -43,6 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument(
         "--single-mask", action="store_true", help="ask the model for one mask instead of 3 candidates"
     )
+    parser.add_argument(
+        "--hq-token-only",
+        action="store_true",
+        help="HQ-SAM models (hq_vit_*): the HQ token's mask alone, without SAM's mask added",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     add_model_args(parser, sam2=True)
     parser.set_defaults(func=run)
@@ -114,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
     from . import UserError
 
     image_path = existing_file(args.image, "IMAGE")
+    if args.hq_token_only and not args.model.startswith("hq_"):
+        raise UserError(f"--hq-token-only: only HQ-SAM models (hq_vit_*) have an HQ token, not {args.model}")
     point_coords, point_labels, boxes = _parse_prompts(args)
     _check_outputs(args)
     image = load_image(image_path)
@@ -137,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         point_labels=point_labels,
         box=boxes,
         multimask_output=not args.single_mask,
+        hq_token_only=args.hq_token_only,
     )
     t3 = time.perf_counter()
     if masks.ndim == 3:  # one prompt set -> add the box axis
