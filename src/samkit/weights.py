@@ -292,11 +292,8 @@ def _open_part_file(target: Path) -> tuple[Path, int]:
 
 
 def _download_failed(url: str, reason: object) -> CheckpointError:
-    return CheckpointError(
-        f"download of {url} failed ({reason}); pass a local file instead "
-        "(build_sam(variant, checkpoint='path/to/file.pth') or --checkpoint PATH) "
-        "or point SAMKIT_DOWNLOAD_BASE at a reachable mirror"
-    )
+    # download_checkpoint adds where a file fetched by hand goes.
+    return CheckpointError(f"download of {url} failed ({reason})")
 
 
 def _stream_to(url: str, fd: int, *, progress: bool, label: str) -> tuple[str, int]:
@@ -398,6 +395,12 @@ def download_checkpoint(
     try:
         try:
             actual_sha, actual_size = _stream_to(source, fd, progress=progress, label=info.filename)
+        except CheckpointError as e:
+            raise CheckpointError(
+                f"{e}; offline? fetch that file by other means and put it at {target} (its sha256 is "
+                "checked on first use), or point SAMKIT_DOWNLOAD_BASE at a reachable mirror; the model "
+                "commands also take a local file (--checkpoint PATH, or build_sam(variant, checkpoint=PATH))"
+            ) from None
         finally:
             os.close(fd)
         if expected_size is not None and actual_size != expected_size:

@@ -178,7 +178,7 @@ def test_cli(
             "--pred-iou-thresh", "0", "--stability-score-thresh", "0", "--no-progress"]
     assert main(args) == 1  # two unreadable files
     captured = capsys.readouterr()
-    assert "skipped" in captured.err and "notes.txt" in captured.err and "broken.jpg" in captured.err
+    assert "failed, not segmented" in captured.err and "notes.txt" in captured.err and "broken.jpg" in captured.err
     # Reported once: the CLI prints each failure; the job's log has it below WARNING.
     assert sum("notes.txt" in line for line in captured.err.splitlines()) == 1
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "notes.txt" in r.getMessage()]

@@ -153,8 +153,8 @@ def test_everything_cli_ray_writes_the_local_files(ray_cluster, tiny_factory, im
     ray_run = capsys.readouterr()
     assert factories == ["ray"]  # the second run really went through Ray
     for run in (local_run, ray_run):
-        assert "3 image(s) segmented, 0 already complete (skipped), 1 failed" in run.out and "images/s" in run.out
-    assert ray_run.err == local_run.err and "skipped" in ray_run.err and "bad.png" in ray_run.err
+        assert "3 image(s) segmented, 0 already complete, 1 failed (not segmented)" in run.out and "images/s" in run.out
+    assert ray_run.err == local_run.err and "failed, not segmented" in ray_run.err and "bad.png" in ray_run.err
     files = _tree(remote)
     assert files == _tree(local)
     assert "annotations.json" in files and sum(name.endswith("/overlay.png") for name in files) == 3

@@ -26,8 +26,10 @@ class UserError(Exception):
 
 def _build_parser() -> argparse.ArgumentParser:
     from .. import __version__
+    from .parser import OneLineErrorParser
 
-    parser = argparse.ArgumentParser(prog="samkit", description="Fast, exact Segment Anything (SAM) inference.")
+    # Subcommand parsers inherit the class: every argument error is one line, exit 2.
+    parser = OneLineErrorParser(prog="samkit", description="Fast, exact Segment Anything (SAM) inference.")
     parser.add_argument("--version", action="version", version=f"samkit {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")

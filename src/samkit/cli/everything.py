@@ -89,12 +89,12 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = None if args.checkpoint is None else str(existing_file(args.checkpoint, "--checkpoint").resolve())
     # The same signature for both engines: it is recorded in the outputs, which do not depend on the engine.
     signature = {"model": args.model, "checkpoint": checkpoint, "dtype": args.dtype, **kwargs}
-    progress = engine["progress"] and sys.stderr.isatty()
+    progress = engine["progress"]  # a bar on a terminal, periodic lines elsewhere (samkit.progress)
 
     def report(task: Any, reason: str) -> None:
         from tqdm.auto import tqdm
 
-        tqdm.write(f"samkit everything: skipped {task.path}: {reason}", file=sys.stderr)  # above the bars
+        tqdm.write(f"samkit everything: failed, not segmented: {task.path}: {reason}", file=sys.stderr)  # above the bars
 
     common: dict[str, Any] = {
         "fmt": args.format,

@@ -76,7 +76,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ..build import build_sam
     from ..onnx.export import export_onnx
+    from ..outputs import check_output_dir
 
+    check_output_dir(args.out, what="--out")  # before the model loads: one line, exit 2
     start = time.perf_counter()
     sam = build_sam(args.model, checkpoint, device="cpu", dtype="float32")
     paths = export_onnx(

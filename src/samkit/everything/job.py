@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ import numpy as np
 
 from ..inputs import expand_inputs
 from ..outputs import remove_stale_temp_files
+from ..progress import make_progress
 from ..io import (
     ImageReadError,
     atomic_write_text,
@@ -150,7 +152,8 @@ class JobSummary:
     def line(self) -> str:
         """One-line human summary."""
         text = (
-            f"{self.done} image(s) segmented, {self.skipped} already complete (skipped), {self.failed} failed; "
+            # "failed" only for images not segmented; "already complete" only for earlier runs' work.
+            f"{self.done} image(s) segmented, {self.skipped} already complete, {self.failed} failed (not segmented); "
             f"{self.masks} mask(s); {self.seconds:.1f} s ({self.images_per_second:.2f} images/s)"
         )
         if self.coco_path is not None:
@@ -409,7 +412,8 @@ def run_everything(
         fmt: ``"png"`` (mask PNGs + metadata.csv per image), ``"coco"`` (one COCO JSON) or ``"both"``.
         overlay: also write an overlay picture per image.
         signature: settings recorded in the done-markers (a change invalidates earlier outputs).
-        progress: show progress bars (images, and prompt batches within an image).
+        progress: show progress: bars on a terminal (images, and prompt batches within an
+            image), else a line about every 10 s (:mod:`samkit.progress`).
         on_failure: called with each failed task and the reason (the log then has it at INFO).
         engine: where :func:`segment_task` runs (default: ``local_engine(generator)``); e.g.
             ``samkit.scale.everything_engine.ray_everything_engine(...)``. Not called when
@@ -422,12 +426,11 @@ def run_everything(
     Raises:
         ValueError: neither ``generator`` nor ``engine`` given, or a bad ``fmt``.
     """
-    from tqdm.auto import tqdm
-
     if engine is None:
         if generator is None:
             raise ValueError("generator: needed unless an engine is given")
-        engine = local_engine(generator, progress=progress)
+        # Per-image prompt-batch bars only on a terminal; elsewhere the image count's lines suffice.
+        engine = local_engine(generator, progress=progress and sys.stderr.isatty())
     start = time.perf_counter()
     tasks = collect_inputs(inputs, recursive=recursive, exclude=[out_dir])
     remove_stale_temp_files(out_dir)  # left by a run killed mid-write
@@ -442,7 +445,7 @@ def run_everything(
 
     handled: set[ImageTask] = set()
 
-    with tqdm(total=len(pending), disable=not progress, desc="images", unit="image") as bar:
+    with make_progress(len(pending), desc="samkit everything", unit="images", enabled=progress) as bar:
 
         def sink(outcome: Outcome) -> None:
             if outcome.task in handled:  # an engine that reports an image twice never writes it twice

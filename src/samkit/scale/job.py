@@ -21,6 +21,7 @@ from typing import Any
 from ..io import atomic_write_bytes, atomic_write_text
 from ..modeling import Sam
 from ..outputs import remove_stale_temp_files
+from ..progress import make_progress
 from .layout import JOB_FILE_NAME, MANIFEST_NAME, list_images, read_json, work_items
 from .work import ImageResult, WorkItem, output_bytes
 
@@ -286,6 +287,5 @@ def _write_manifest(
 def _progress_bar(total: int, initial: int, enabled: bool, kind: str) -> Any:
     if not enabled:
         return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, unit="img", desc=f"samkit {kind}", dynamic_ncols=True)
+    # A bar on a terminal; elsewhere (logs, CI, nohup) a line about every 10 s.
+    return make_progress(total, initial=initial, unit="images", desc=f"samkit {kind}")
