@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -78,7 +79,8 @@ def small_hq_config() -> HQSamConfig:
     )
 
 
-def test_hq_generator_matches_official(tmp_path: Path) -> None:
+@pytest.mark.parametrize("multimask_output", [True, False])
+def test_hq_generator_matches_official(tmp_path: Path, multimask_output: bool) -> None:
     torch.manual_seed(7)
     official = build_official_small_hq()
     perturb_(official, seed=7)
@@ -88,8 +90,10 @@ def test_hq_generator_matches_official(tmp_path: Path) -> None:
 
     expected = segment_anything_hq.SamAutomaticMaskGenerator(
         official, points_per_side=POINTS_PER_SIDE, **FILTERS_OFF
-    ).generate(image)
-    actual = SamAutomaticMaskGenerator(ours, points_per_side=POINTS_PER_SIDE, **FILTERS_OFF).generate(image)
+    ).generate(image, multimask_output)
+    actual = SamAutomaticMaskGenerator(ours, points_per_side=POINTS_PER_SIDE, **FILTERS_OFF).generate(
+        image, multimask_output
+    )
     assert len(expected) == POINTS_PER_SIDE**2  # one mask per point, none filtered
     assert len(actual) == len(expected)
 
@@ -105,7 +109,7 @@ def test_hq_generator_matches_official(tmp_path: Path) -> None:
         differ = rec["segmentation"] != ref["segmentation"]
         if differ.any():
             logits, _, _ = official_predictor.predict(
-                np.array(ref["point_coords"]), np.array([1]), multimask_output=True, return_logits=True
+                np.array(ref["point_coords"]), np.array([1]), multimask_output=multimask_output, return_logits=True
             )  # (1, H, W)
             worst = float(np.abs(logits[0][differ]).max())
             assert worst < 1e-3, f"{what}: {int(differ.sum())} pixels differ, one at official logit {worst:.3g}"
@@ -122,3 +126,11 @@ def test_hq_generator_one_record_per_point(tmp_path: Path) -> None:
     assert generator.last_stats["prompts"] == 9 and generator.last_stats["masks"] == 9
     points = {tuple(r["point_coords"][0]) for r in records}
     assert len(points) == 9
+
+
+def test_sam_generator_refuses_single_mask_output() -> None:
+    """multimask_output=False is HQ-SAM's option; a SAM model says so instead of ignoring it."""
+    torch.manual_seed(9)
+    generator = SamAutomaticMaskGenerator(samkit.build_sam(small_config()), points_per_side=2)
+    with pytest.raises(ValueError, match="multimask_output: False is only for HQ-SAM models"):
+        generator.generate(make_image(64, 64, seed=1), multimask_output=False)

@@ -204,6 +204,7 @@ class SamAutomaticMaskGenerator:
             require_cv2("output_mode='polygons'")
         self.progress = bool(progress)
         self.predictor = SamPredictor(model)
+        self._multimask_output = True  # set by each generate(): HQ-SAM's choice of SAM mask
         self.last_stats: dict[str, int] = {}
         """Counts from the last :meth:`generate`: ``prompts`` decoded, ``masks`` candidates (3 per
         prompt), ``iou_passed`` (the predicted-IoU filter), ``pruned_early`` (of those,
@@ -217,11 +218,17 @@ class SamAutomaticMaskGenerator:
 
     # ------------------------------------------------------------------ public
     @torch.inference_mode()
-    def generate(self, image: np.ndarray | Image.Image, *, progress: bool | None = None) -> list[dict[str, Any]]:
+    def generate(
+        self, image: np.ndarray | Image.Image, multimask_output: bool = True, *, progress: bool | None = None
+    ) -> list[dict[str, Any]]:
         """Find all masks in an image.
 
         Args:
             image: (H, W, 3) uint8 RGB array (or anything :func:`samkit.io.to_rgb_uint8` takes).
+            multimask_output: HQ-SAM models: the SAM part of each point's mask is the best of
+                SAM's 3 candidates (True, the default) or its single-mask output (False), as the
+                official HQ generator's ``generate(image, multimask_output)``. SAM models always
+                decode the 3 candidates; False raises ValueError for them.
             progress: show a progress bar over prompt batches (default: the constructor's).
 
         Returns:
@@ -229,6 +236,9 @@ class SamAutomaticMaskGenerator:
             ``output_mode``), ``area`` (int), ``bbox`` (XYWH ints), ``predicted_iou``,
             ``point_coords`` (``[[x, y]]``), ``stability_score`` and ``crop_box`` (XYWH).
         """
+        if not multimask_output and not isinstance(self.model, HQSam):
+            raise ValueError("multimask_output: False is only for HQ-SAM models; SAM decodes 3 masks per point")
+        self._multimask_output = bool(multimask_output)
         rgb = to_rgb_uint8(image)
         self.last_stats = dict.fromkeys(
             ("prompts", "masks", "iou_passed", "pruned_early", "stability_passed", "kept"), 0
@@ -276,7 +286,9 @@ class SamAutomaticMaskGenerator:
             decoder = Sam2PointDecoder(predictor.model, predictor.features, predictor._cache)
         elif isinstance(predictor.model, HQSam):  # one mask per point (best SAM mask + HQ mask)
             assert isinstance(predictor._cache, HQImageCache)
-            decoder = HQPointDecoder(predictor.model, predictor.features, predictor._cache)
+            decoder = HQPointDecoder(
+                predictor.model, predictor.features, predictor._cache, multimask_output=self._multimask_output
+            )
         else:
             decoder = PointDecoder(predictor.model, predictor.features, predictor._cache)  # type: ignore[arg-type]
         input_size = predictor.input_size
