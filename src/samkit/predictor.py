@@ -64,6 +64,8 @@ class SamPredictor:
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
         self._cache: ImageSideCache | HQImageCache | None = None
+        # Per image of set_image_batch: (features, decoder cache, original size, input size).
+        self._batch: list[tuple[Tensor, Any, tuple[int, int], tuple[int, int]]] = []
 
     def set_image(self, image: np.ndarray | Image.Image, image_format: str = "RGB") -> None:
         """Encode an image; prompts given later refer to its pixels.
@@ -200,6 +202,94 @@ class SamPredictor:
             else:
                 self._cache = self.model.decoder_cache(self.features)
         self.is_image_set = True
+
+    # ---------------------------------------------------------------- batches
+    @torch.inference_mode()
+    def set_image_batch(self, images: list[np.ndarray | Image.Image], image_format: str = "RGB") -> None:
+        """Encode several images in one encoder forward; then prompt them with :meth:`predict_batch`.
+
+        Each image is resized and normalized as :meth:`set_image` does; images of different sizes
+        are fine (SAM 1 pads each to the square, SAM 2 stretches each to it). HQ-SAM models encode
+        the images one at a time (their early features come from a per-image forward).
+
+        Args:
+            images: a non-empty list of images, as :meth:`set_image` takes them.
+            image_format: "RGB" or "BGR" channel order of 3-channel arrays.
+        """
+        if not isinstance(images, (list, tuple)) or not images:
+            raise ValueError("images: expected a non-empty list of images")
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format: expected 'RGB' or 'BGR', got {image_format!r}")
+        self.reset_image()
+        sizes, inputs, batch = [], [], []
+        for image in images:
+            array = to_rgb_uint8(image)
+            if image_format != self.model.image_format and isinstance(image, np.ndarray):
+                array = np.ascontiguousarray(array[..., ::-1])
+            resized = self.transform.apply_image(array)  # (h, w, 3)
+            tensor = torch.from_numpy(np.array(resized)).permute(2, 0, 1).unsqueeze(0).to(self.device)  # (1, 3, h, w)
+            sizes.append((int(array.shape[0]), int(array.shape[1])))
+            inputs.append((int(tensor.shape[-2]), int(tensor.shape[-1])))
+            batch.append(self.model.preprocess(tensor))  # (1, 3, S, S)
+        states: list[tuple[Tensor, Any]] = []
+        if isinstance(self.model, HQSam):
+            states = [self.model.encode_for_decoding(x) for x in batch]
+        elif isinstance(self.model, Sam2):
+            features, levels = self.model.encode_image_levels(torch.cat(batch))  # (B, C, h, w), per level (B, ...)
+            for i in range(len(batch)):
+                one = features[i : i + 1]
+                states.append((one, self.model.decoder_cache(one, *(level[i : i + 1] for level in levels))))
+        else:
+            features = self.model.encode_image(torch.cat(batch))  # (B, C, h, w)
+            states = [(features[i : i + 1], self.model.decoder_cache(features[i : i + 1])) for i in range(len(batch))]
+        self._batch = [(f, c, size, inp) for (f, c), size, inp in zip(states, sizes, inputs)]
+
+    def predict_batch(
+        self,
+        point_coords_batch: list[np.ndarray | None] | None = None,
+        point_labels_batch: list[np.ndarray | None] | None = None,
+        box_batch: list[np.ndarray | None] | None = None,
+        mask_input_batch: list[np.ndarray | None] | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+        """:meth:`predict` on each image of :meth:`set_image_batch`, with one entry of each list per image.
+
+        Returns:
+            lists (one entry per image) of what :meth:`predict` returns.
+        """
+        if not self._batch:
+            raise RuntimeError("no image batch is set: call set_image_batch(images) before predict_batch")
+        n = len(self._batch)
+        for name, values in (
+            ("point_coords_batch", point_coords_batch),
+            ("point_labels_batch", point_labels_batch),
+            ("box_batch", box_batch),
+            ("mask_input_batch", mask_input_batch),
+        ):
+            if values is not None and len(values) != n:
+                raise ValueError(f"{name}: expected one entry per image ({n}), got {len(values)}")
+        batch = self._batch
+        results: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] = ([], [], [])
+        try:
+            for i, (features, cache, original_size, input_size) in enumerate(batch):
+                self.features, self._cache = features, cache
+                self.original_size, self.input_size = original_size, input_size
+                self.is_image_set = True
+                outputs = self.predict(
+                    None if point_coords_batch is None else point_coords_batch[i],
+                    None if point_labels_batch is None else point_labels_batch[i],
+                    None if box_batch is None else box_batch[i],
+                    None if mask_input_batch is None else mask_input_batch[i],
+                    multimask_output=multimask_output,
+                    return_logits=return_logits,
+                )
+                for collected, value in zip(results, outputs):
+                    collected.append(value)
+        finally:
+            self.reset_image()
+            self._batch = batch
+        return results
 
     def _require_image(self) -> None:
         if not self.is_image_set:

@@ -137,9 +137,13 @@ def test_single_mask_fallback_matches_official(sam2_pair: tuple[Any, Any, Path])
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["sam2.1_hiera_s", "sam2.1_hiera_b+", "sam2.1_hiera_l", "sam2_hiera_t"])
+@pytest.mark.parametrize("name", ["sam2.1_hiera_s", "sam2.1_hiera_b+", "sam2_hiera_t"])
 def test_other_sizes(name: str, tmp_path: Path, parity: Any) -> None:
-    """Every other size (and SAM 2.0): embedding and one multimask point call."""
+    """Other sizes (and SAM 2.0): embedding and one multimask point call.
+
+    sam2.1_hiera_l passed this test when run by hand (13 min on a loaded 2-core machine, too much
+    for every CI run); add it to the list to run it again.
+    """
     path = tmp_path / "checkpoint.pt"
     official = OfficialPredictor(perturbed_official(name, path, seed=len(name)))
     ours = samkit.SamPredictor(samkit.build_sam(name, path))
@@ -150,3 +154,22 @@ def test_other_sizes(name: str, tmp_path: Path, parity: Any) -> None:
     parity.compare_predict(ours, official, parity.prompt_kwargs("point", 480, 640), what=name)
     del official, ours
     parity.release_memory()
+
+
+@pytest.mark.slow
+def test_image_batch_matches_official(sam2_pair: tuple[Any, Any, Path], parity: Any) -> None:
+    """set_image_batch + predict_batch against the official ones, two images of other sizes."""
+    ours, official, _ = sam2_pair
+    images = [parity.image(300, 500, seed=7), parity.image(640, 360, seed=8)]
+    mine, theirs = samkit.SamPredictor(ours.model), OfficialPredictor(official.model)
+    mine.set_image_batch(images)
+    theirs.set_image_batch(images)
+    points = [np.array([[0.4 * im.shape[1], 0.6 * im.shape[0]]]) for im in images]
+    labels = [np.array([1]), np.array([1])]
+    boxes = [np.array([10.0, 20.0, 200.0, 250.0]), np.array([30.0, 50.0, 300.0, 600.0])]
+    for kwargs in ({"point_coords_batch": points, "point_labels_batch": labels}, {"box_batch": boxes, "multimask_output": False}):
+        got = mine.predict_batch(**kwargs, return_logits=True)
+        want = theirs.predict_batch(**kwargs, return_logits=True)
+        for i in range(len(images)):
+            for name, a, b in zip(("logits", "iou", "low-res"), got, want):
+                parity.close(a[i], b[i], what=f"batch image {i} {name} {sorted(kwargs)}")
