@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from ..modeling import ImageSideCache, Sam
-from ..modeling.transformer import PROMPT_CHUNK, NormedImage
+from .. import batching
+from ..modeling.transformer import NormedImage
 
 __all__ = ["PointBatch", "PointDecoder", "normalized_points"]
 
@@ -113,7 +114,7 @@ class PointDecoder:
 
     @torch.inference_mode()
     def decode(
-        self, coords: Tensor | np.ndarray, iou_threshold: float | None, chunk: int = PROMPT_CHUNK
+        self, coords: Tensor | np.ndarray, iou_threshold: float | None, chunk: int | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Predicted IoUs of every output, and low-res logits of those above ``iou_threshold``.
 
@@ -124,7 +125,8 @@ class PointDecoder:
         Args:
             coords: (B, 2) points, as for :meth:`run`.
             iou_threshold: keep outputs whose predicted IoU is above it; None keeps all.
-            chunk: prompts per step.
+            chunk: prompts per step (default: ``samkit.batching`` for the model's device; each
+                step syncs with the host once, for the IoU filter).
 
         Returns:
             iou (3B,) float32 on the CPU, prompt-major; index (N,) int64 of the kept outputs
@@ -132,6 +134,8 @@ class PointDecoder:
         """
         h, w = self.embedding_size
         ious, indices, logits = [], [], []
+        if chunk is None:
+            chunk = batching.batching_for(self.model.device).prompt_chunk
         for start in range(0, coords.shape[0], chunk):
             batch = self.run(coords[start : start + chunk])
             n_out = batch.iou.shape[1]

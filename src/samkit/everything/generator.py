@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from .. import batching
 from ..io import to_rgb_uint8
 from ..modeling import Sam
 from ..modeling.hq_sam import HQImageCache, HQSam
@@ -58,10 +59,6 @@ __all__ = ["SamAutomaticMaskGenerator", "OUTPUT_MODES"]
 logger = logging.getLogger(__name__)
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle", "polygons")
-
-# Upscaled logits are processed this many float32 pixels at a time (8 MB: a few masks that stay
-# in the CPU cache, and blocks the allocator reuses instead of mapping afresh).
-_CHUNK_PIXELS = 1 << 21
 
 
 def _count_above(logits: Tensor, thresholds: tuple[float, float]) -> tuple[Tensor, Tensor]:
@@ -353,7 +350,7 @@ class SamAutomaticMaskGenerator:
             if len(index) == 0:
                 return MaskSet()
         crop_h, crop_w = crop_size
-        chunk = max(1, _CHUNK_PIXELS // (crop_h * crop_w))
+        chunk = max(1, batching.batching_for(low_res.device).postprocess_pixels // (crop_h * crop_w))
         kept_idx, stabilities, boxes, rles = [], [], [], []
         for start in range(0, len(index), chunk):
             logits = self.predictor.transform.postprocess_masks(low_res[start : start + chunk], input_size, crop_size)  # (n, h, w)

@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import batching
 from ..config import MaskDecoderConfig
 from .common import MLP, LayerNorm2d
-from .transformer import PROMPT_CHUNK, ImageSideCache, NormedImage, TwoWayTransformer, image_tokens_of
+from .transformer import ImageSideCache, NormedImage, TwoWayTransformer, image_tokens_of
 
 __all__ = ["MaskDecoder"]
 
@@ -91,24 +92,25 @@ class MaskDecoder(nn.Module):
             mask logits (B, M, 4h, 4w) and IoU predictions (B, M), M = 3 or 1.
         """
         b = sparse_prompt_embeddings.shape[0]
-        if b > PROMPT_CHUNK and not torch.jit.is_tracing():
+        chunk = batching.batching_for(sparse_prompt_embeddings.device).prompt_chunk
+        if b > chunk and not torch.jit.is_tracing():
             # End to end a few prompts at a time (the only place prompts are chunked): each
             # prompt's image tokens (and their factors) are ~4-8 MB, upscaled while they are in
-            # the CPU cache and never concatenated.
+            # the CPU cache and never concatenated. How many: samkit.batching, per device.
             def part(x: Tensor | None, s: int) -> Tensor | None:
                 """Rows s.. of a per-prompt (B, ...) tensor; a shared (1, ...) one as it is."""
-                return x[s : s + PROMPT_CHUNK] if x is not None and x.shape[0] == b else x
+                return x[s : s + chunk] if x is not None and x.shape[0] == b else x
 
             parts = [
                 self.forward(
                     part(image_embeddings, s),  # type: ignore[arg-type]
                     image_pe,
-                    sparse_prompt_embeddings[s : s + PROMPT_CHUNK],
+                    sparse_prompt_embeddings[s : s + chunk],
                     part(dense_prompt_embeddings, s),
                     multimask_output,
                     cache=cache,
                 )
-                for s in range(0, b, PROMPT_CHUNK)
+                for s in range(0, b, chunk)
             ]
             return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         dtype = sparse_prompt_embeddings.dtype
@@ -170,7 +172,7 @@ class MaskDecoder(nn.Module):
         image_tokens: Tensor | NormedImage,
         hyper_in: Tensor,
         grid: tuple[int, int],
-        tile: int = 1024,
+        tile: int | None = None,
         cache: ImageSideCache | None = None,
     ) -> Tensor:
         """Upscale image tokens and apply the hypernetwork weights.
@@ -190,7 +192,7 @@ class MaskDecoder(nn.Module):
             image_tokens: (B, N, C) transformer image tokens, N = h * w, or their factors.
             hyper_in: (B, M, C/8) from :meth:`hypernetwork_weights`.
             grid: (h, w) of the image embedding.
-            tile: tokens upscaled at a time.
+            tile: tokens upscaled at a time (default: ``samkit.batching`` for the device).
             cache: the image's :class:`ImageSideCache`, for factored image tokens.
 
         Returns:
@@ -198,6 +200,8 @@ class MaskDecoder(nn.Module):
         """
         h, w = grid
         b, m, c8 = hyper_in.shape
+        if tile is None:
+            tile = batching.batching_for(hyper_in.device).upscale_tile
         _, norm, act1, _, act2 = self.output_upscaling
         c4 = norm.normalized_shape[0]
         w1, b1, w2, b2 = self.upscaling_matrices()

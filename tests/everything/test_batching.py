@@ -1,0 +1,105 @@
+"""Batch sizes per device (samkit.batching): the accelerators' large batches give the same
+segment-everything records and masks as the CPU's small ones, and logits equal to float
+rounding (other GEMM sizes round differently in the last bits); both run here, on the CPU."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+
+import samkit
+import samkit.batching
+from samkit.batching import ACCELERATOR_BATCHING, CPU_BATCHING, batching_for
+from samkit.everything import SamAutomaticMaskGenerator
+from samkit.everything.decode import PointDecoder
+from samkit.modeling.mask_decoder import MaskDecoder
+
+from .conftest import make_image
+from .test_job import tiny_config
+
+
+@pytest.fixture(scope="module")
+def model() -> Any:
+    torch.manual_seed(0)
+    return samkit.build_sam(tiny_config())
+
+
+@pytest.fixture
+def counted(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, int]]:
+    """Counts PointDecoder.run calls and MaskDecoder.forward calls that decode (not split)."""
+    counts = {"run": 0, "decoder": 0}
+    run, forward = PointDecoder.run, MaskDecoder.forward
+
+    def counting_run(self: Any, coords: Any) -> Any:
+        counts["run"] += 1
+        return run(self, coords)
+
+    def counting_forward(self: Any, *args: Any, **kwargs: Any) -> Any:
+        counts["decoder"] += 1
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(PointDecoder, "run", counting_run)
+    monkeypatch.setattr(MaskDecoder, "forward", counting_forward)
+    yield counts
+
+
+def _as_accelerator(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(samkit.batching, "batching_for", lambda device: ACCELERATOR_BATCHING)
+
+
+def test_batching_per_device() -> None:
+    assert batching_for("cpu") is CPU_BATCHING and batching_for(torch.device("cpu")) is CPU_BATCHING
+    assert batching_for("cuda") is batching_for("cuda:1") is batching_for("mps") is ACCELERATOR_BATCHING
+    assert ACCELERATOR_BATCHING.prompt_chunk > CPU_BATCHING.prompt_chunk
+    assert ACCELERATOR_BATCHING.upscale_tile > CPU_BATCHING.upscale_tile
+    assert ACCELERATOR_BATCHING.postprocess_pixels > CPU_BATCHING.postprocess_pixels
+
+
+def test_predict_torch_same_with_accelerator_batching(
+    model: Any, counted: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    predictor = samkit.SamPredictor(model)
+    predictor.set_image(make_image(90, 120, seed=3))
+    g = torch.Generator().manual_seed(0)
+    coords = predictor.transform.apply_coords_torch(torch.rand(10, 1, 2, generator=g) * torch.tensor([120.0, 90.0]), (90, 120))
+    labels = torch.ones(10, 1, dtype=torch.int64)
+    cpu = predictor.predict_torch(coords, labels)
+    assert counted["decoder"] == 1 + 3  # split into chunks of 4, 4, 2
+    _as_accelerator(monkeypatch)
+    counted["decoder"] = 0
+    accelerator = predictor.predict_torch(coords, labels)
+    assert counted["decoder"] == 1  # one chunk of 10
+    # Other GEMM sizes round differently in the last bits (~1e-6); the masks are the same
+    # wherever the logit is not within that rounding of the threshold.
+    masks, scores, low_res = accelerator
+    torch.testing.assert_close(scores, cpu[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(low_res, cpu[2], rtol=1e-5, atol=1e-5)
+    logits = predictor.predict_torch(coords, labels, return_logits=True)[0]  # (10, 3, H, W), accelerator batching
+    assert not ((masks != cpu[0]) & (logits.abs() >= 1e-4)).any()
+
+
+def test_everything_same_with_accelerator_batching(
+    model: Any, counted: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image = make_image(70, 100, seed=4)
+    kwargs = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "output_mode": "coco_rle"}
+    cpu = SamAutomaticMaskGenerator(model, **kwargs).generate(image)
+    runs_cpu = counted["run"]
+    _as_accelerator(monkeypatch)
+    counted["run"] = 0
+    accelerator = SamAutomaticMaskGenerator(model, **kwargs).generate(image)
+    assert (runs_cpu, counted["run"]) == (4, 1)  # 16 points: 4 host syncs on the CPU, 1 on a GPU
+    assert accelerator and accelerator == cpu
+
+
+def test_upscaling_tile_does_not_change_logits(model: Any) -> None:
+    decoder = model.mask_decoder
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randn(2, 256, 32, generator=g)  # (B, N, C), a 16x16 grid
+    hyper = torch.randn(2, 3, 4, generator=g)  # (B, M, C/8)
+    whole = decoder.masks_from_image_tokens(tokens, hyper, (16, 16), tile=256)
+    for tile in (7, 64, None):  # equal up to the rounding of other GEMM sizes
+        torch.testing.assert_close(decoder.masks_from_image_tokens(tokens, hyper, (16, 16), tile=tile), whole, rtol=1e-5, atol=1e-6)
