@@ -28,8 +28,11 @@ from sam2_oracle import perturbed_official  # noqa: E402
 OPTIONS = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0}
 
 
-def assert_records_match(ours: list[dict[str, Any]], official: list[dict[str, Any]], logits_of: Any) -> None:
-    """One-to-one by prompt point and predicted IoU; masks equal except where |official logit| < 1e-3."""
+def assert_records_match(
+    ours: list[dict[str, Any]], official: list[dict[str, Any]], logits_of: Any, threshold: float = 0.0
+) -> None:
+    """One-to-one by prompt point and predicted IoU; masks equal except where the official logit
+    is within 1e-3 of ``threshold``."""
     assert len(ours) == len(official)
     used: set[int] = set()
     for j, ref in enumerate(official):
@@ -49,20 +52,28 @@ def assert_records_match(ours: list[dict[str, Any]], official: list[dict[str, An
         assert (np.isnan(stability) and np.isnan(ref_stability)) or abs(stability - ref_stability) < 1e-3
         differ = np.asarray(rec["segmentation"], dtype=bool) != ref_mask
         if differ.any():
-            worst = float(np.abs(logits_of(ref)[differ]).max())
+            worst = float(np.abs(logits_of(ref)[differ] - threshold).max())
             assert worst < 1e-3, f"mask {j}: {int(differ.sum())} pixels differ, official logit {worst:.3g} there"
         else:
             assert rec["area"] == ref["area"] and rec["bbox"] == [int(v) for v in ref["bbox"]]
 
 
 @pytest.mark.slow
-def test_sam21_hiera_t_every_candidate(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("extra", "count"),
+    [({}, 48), ({"points_per_side": 3, "multimask_output": False, "mask_threshold": 0.2}, 9)],
+    ids=["defaults", "single_mask_threshold"],
+)
+def test_sam21_hiera_t_every_candidate(tmp_path: Path, extra: dict[str, Any], count: int) -> None:
     path = tmp_path / "sam2.1_hiera_tiny.pt"
     official_model = perturbed_official("sam2.1_hiera_t", path, seed=9)
     image = make_image(546, 967, seed=2)
-    official = SAM2AutomaticMaskGenerator(official_model, **OPTIONS).generate(image)
-    ours = SamAutomaticMaskGenerator(samkit.build_sam("sam2.1_hiera_t", path), **OPTIONS).generate(image)
-    assert len(official) == 48
+    options = {**OPTIONS, **extra}
+    official = SAM2AutomaticMaskGenerator(official_model, **options).generate(image)
+    ours = SamAutomaticMaskGenerator(samkit.build_sam("sam2.1_hiera_t", path), **options).generate(image)
+    assert len(official) == count
+    multimask = options.get("multimask_output", True)
+    threshold = options.get("mask_threshold", 0.0)
 
     predictor: list[SAM2ImagePredictor] = []
 
@@ -72,8 +83,9 @@ def test_sam21_hiera_t_every_candidate(tmp_path: Path) -> None:
             predictor.append(SAM2ImagePredictor(official_model))
             predictor[0].set_image(image)
         logits, scores, _ = predictor[0].predict(
-            point_coords=np.array(ref["point_coords"]), point_labels=np.array([1]), return_logits=True
+            point_coords=np.array(ref["point_coords"]), point_labels=np.array([1]),
+            multimask_output=multimask, return_logits=True,
         )
         return logits[int(np.argmin(np.abs(scores - ref["predicted_iou"])))]
 
-    assert_records_match(ours, official, logits_of)
+    assert_records_match(ours, official, logits_of, threshold)

@@ -137,6 +137,11 @@ class SamAutomaticMaskGenerator:
             ``"coco_rle"`` (string counts, JSON-ready) or ``"polygons"`` (outer contours, needs
             OpenCV).
         progress: show a progress bar over prompt batches.
+        mask_threshold: logit threshold of the masks and the centre of the stability score's
+            thresholds (the official SAM 2 generator's option); None: the model's (0.0).
+        multimask_output: three masks per point (default), else one; SAM 2 models only, as the
+            official ``SAM2AutomaticMaskGenerator(multimask_output=...)`` (HQ-SAM takes its
+            option in :meth:`generate`, as the official HQ generator does).
 
     Raises:
         TypeError: ``model`` is not a samkit model.
@@ -162,6 +167,8 @@ class SamAutomaticMaskGenerator:
         output_mode: str = "binary_mask",
         *,
         progress: bool = False,
+        mask_threshold: float | None = None,
+        multimask_output: bool = True,
     ) -> None:
         if not isinstance(model, (Sam, Sam2)):
             raise TypeError(f"model: expected a samkit Sam model, got {type(model).__name__}")
@@ -200,6 +207,12 @@ class SamAutomaticMaskGenerator:
         if output_mode == "polygons":
             require_cv2("output_mode='polygons'")
         self.progress = bool(progress)
+        self.mask_threshold = (
+            model.mask_threshold if mask_threshold is None else _check_real("mask_threshold", mask_threshold, -math.inf, math.inf)
+        )
+        if not multimask_output and not isinstance(model, Sam2):
+            raise ValueError("multimask_output: False is supported for SAM 2 models only")
+        self.multimask_output = bool(multimask_output)
         self.predictor = SamPredictor(model)
         self._multimask_output = True  # set by each generate(): HQ-SAM's choice of SAM mask
         self.last_stats: dict[str, int] = {}
@@ -280,7 +293,9 @@ class SamAutomaticMaskGenerator:
         decoder: PointDecoder | HQPointDecoder | Sam2PointDecoder
         if isinstance(predictor.model, Sam2):  # SAM 2: three masks per point, stretched framing
             assert isinstance(predictor._cache, Sam2ImageCache)
-            decoder = Sam2PointDecoder(predictor.model, predictor.features, predictor._cache)
+            decoder = Sam2PointDecoder(
+                predictor.model, predictor.features, predictor._cache, multimask_output=self.multimask_output
+            )
         elif isinstance(predictor.model, HQSam):  # one mask per point (best SAM mask + HQ mask)
             assert isinstance(predictor._cache, HQImageCache)
             decoder = HQPointDecoder(
@@ -334,7 +349,7 @@ class SamAutomaticMaskGenerator:
         stats["iou_passed"] = stats.get("iou_passed", 0) + len(index)
         if len(index) == 0:
             return MaskSet()
-        mask_threshold = self.model.mask_threshold
+        mask_threshold = self.mask_threshold
         offset = self.stability_score_offset
         if self.stability_score_thresh > 0.0 and not isinstance(self.model, Sam2):
             # (The bounds assume SAM 1's two-step upscaling; SAM 2 upscales in one step.)
