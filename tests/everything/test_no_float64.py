@@ -10,7 +10,6 @@ numpy, which no torch device ever sees.
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -50,17 +49,16 @@ def model() -> Any:
     return samkit.build_sam(tiny_config())
 
 
-@pytest.fixture
-def guard(model: Any) -> Iterator[Float64Guard]:
-    """Fails the test if its body runs a float64 operation on the model's device."""
+def test_predict_has_no_float64(model: Any) -> None:
+    predictor = samkit.SamPredictor(model)
+    predictor.set_image(make_image(90, 120, seed=1))  # the encoder is guarded by the everything tests
     with Float64Guard(model.device) as recorder:
-        yield recorder
+        _predict_every_way(predictor)
     assert not recorder.ops, f"float64 operations on {model.device}: {dict(recorder.ops)}"
 
 
-def test_predict_has_no_float64(model: Any, guard: Float64Guard) -> None:
-    predictor = samkit.SamPredictor(model)
-    predictor.set_image(make_image(90, 120, seed=1))
+def _predict_every_way(predictor: samkit.SamPredictor) -> None:
+    """Points, a box, a mask input, several points with a background one, predict_torch."""
     _, scores, low_res = predictor.predict(point_coords=np.array([[60.5, 40.25]]), point_labels=np.array([1]))
     predictor.predict(box=np.array([10.0, 10.0, 100.0, 80.0]), multimask_output=False)
     predictor.predict(
@@ -76,13 +74,13 @@ def test_predict_has_no_float64(model: Any, guard: Float64Guard) -> None:
     "kwargs",
     [
         {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0},  # every mask upscaled and post-processed
-        {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.5, "crop_n_layers": 1},  # stability bounds, crops
+        {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.5, "crop_n_layers": 1, "points_per_side": 2},  # bounds, crops
     ],
     ids=["all-masks", "bounds-and-crops"],
 )
 def test_everything_has_no_float64(model: Any, kwargs: dict[str, Any]) -> None:
     image = make_image(70, 100, seed=2)
-    generator = SamAutomaticMaskGenerator(model, points_per_side=4, output_mode="coco_rle", **kwargs)
+    generator = SamAutomaticMaskGenerator(model, **{"points_per_side": 4, "output_mode": "coco_rle", **kwargs})
     with Float64Guard(model.device) as recorder:
         records = generator.generate(image)
     assert not recorder.ops, f"float64 operations on {model.device}: {dict(recorder.ops)}"
