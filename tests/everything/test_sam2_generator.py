@@ -61,8 +61,12 @@ def assert_records_match(
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("extra", "count"),
-    [({}, 48), ({"points_per_side": 3, "multimask_output": False, "mask_threshold": 0.2}, 9)],
-    ids=["defaults", "single_mask_threshold"],
+    [
+        ({}, 48),
+        ({"points_per_side": 3, "multimask_output": False, "mask_threshold": 0.2}, 9),
+        ({"points_per_side": 2, "use_m2m": True}, 12),
+    ],
+    ids=["defaults", "single_mask_threshold", "m2m"],
 )
 def test_sam21_hiera_t_every_candidate(tmp_path: Path, extra: dict[str, Any], count: int) -> None:
     path = tmp_path / "sam2.1_hiera_tiny.pt"
@@ -82,10 +86,15 @@ def test_sam21_hiera_t_every_candidate(tmp_path: Path, extra: dict[str, Any], co
         if not predictor:
             predictor.append(SAM2ImagePredictor(official_model))
             predictor[0].set_image(image)
-        logits, scores, _ = predictor[0].predict(
-            point_coords=np.array(ref["point_coords"]), point_labels=np.array([1]),
-            multimask_output=multimask, return_logits=True,
-        )
+        point = {"point_coords": np.array(ref["point_coords"]), "point_labels": np.array([1])}
+        logits, scores, low_res = predictor[0].predict(**point, multimask_output=multimask, return_logits=True)
+        if options.get("use_m2m", False):  # the official refinement of each of the point's masks
+            refined = [
+                predictor[0].predict(**point, mask_input=mask[None], multimask_output=False, return_logits=True)
+                for mask in low_res
+            ]
+            logits = np.concatenate([r[0] for r in refined])
+            scores = np.concatenate([r[1] for r in refined])
         return logits[int(np.argmin(np.abs(scores - ref["predicted_iou"])))]
 
     assert_records_match(ours, official, logits_of, threshold)

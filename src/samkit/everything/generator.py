@@ -142,6 +142,8 @@ class SamAutomaticMaskGenerator:
         multimask_output: three masks per point (default), else one; SAM 2 models only, as the
             official ``SAM2AutomaticMaskGenerator(multimask_output=...)`` (HQ-SAM takes its
             option in :meth:`generate`, as the official HQ generator does).
+        use_m2m: SAM 2 models only, as the official option: refine every mask once with its
+            own low-res logits as mask input before the filters.
 
     Raises:
         TypeError: ``model`` is not a samkit model.
@@ -169,6 +171,7 @@ class SamAutomaticMaskGenerator:
         progress: bool = False,
         mask_threshold: float | None = None,
         multimask_output: bool = True,
+        use_m2m: bool = False,
     ) -> None:
         if not isinstance(model, (Sam, Sam2)):
             raise TypeError(f"model: expected a samkit Sam model, got {type(model).__name__}")
@@ -213,6 +216,9 @@ class SamAutomaticMaskGenerator:
         if not multimask_output and not isinstance(model, Sam2):
             raise ValueError("multimask_output: False is supported for SAM 2 models only")
         self.multimask_output = bool(multimask_output)
+        if use_m2m and not isinstance(model, Sam2):
+            raise ValueError("use_m2m: supported for SAM 2 models only")
+        self.use_m2m = bool(use_m2m)
         self.predictor = SamPredictor(model)
         self._multimask_output = True  # set by each generate(): HQ-SAM's choice of SAM mask
         self.last_stats: dict[str, int] = {}
@@ -294,7 +300,11 @@ class SamAutomaticMaskGenerator:
         if isinstance(predictor.model, Sam2):  # SAM 2: three masks per point, stretched framing
             assert isinstance(predictor._cache, Sam2ImageCache)
             decoder = Sam2PointDecoder(
-                predictor.model, predictor.features, predictor._cache, multimask_output=self.multimask_output
+                predictor.model,
+                predictor.features,
+                predictor._cache,
+                multimask_output=self.multimask_output,
+                refine=self.use_m2m,
             )
         elif isinstance(predictor.model, HQSam):  # one mask per point (best SAM mask + HQ mask)
             assert isinstance(predictor._cache, HQImageCache)

@@ -26,15 +26,27 @@ class Sam2PointDecoder:
         features: (1, C, h, w) image embedding.
         cache: the image's :class:`Sam2ImageCache` (from ``model.encode_for_decoding``).
         multimask_output: three masks per prompt (the official generator's default), else one.
+        refine: the official ``use_m2m``: every mask is decoded once more from its own point
+            with its low-res logits (clamped to +-32, as the official predictor returns them)
+            as mask input, one mask each; the refined masks and IoUs replace the first ones.
     """
 
-    def __init__(self, model: Sam2, features: Tensor, cache: Sam2ImageCache, *, multimask_output: bool = True) -> None:
+    def __init__(
+        self,
+        model: Sam2,
+        features: Tensor,
+        cache: Sam2ImageCache,
+        *,
+        multimask_output: bool = True,
+        refine: bool = False,
+    ) -> None:
         if not isinstance(cache, Sam2ImageCache):
             raise TypeError("Sam2PointDecoder needs the image's Sam2ImageCache")
         self.model = model
         self.features = features
         self.cache = cache
         self.multimask_output = multimask_output
+        self.refine = refine
 
     @torch.inference_mode()
     def decode(self, coords: Tensor | np.ndarray, iou_threshold: float | None) -> tuple[Tensor, Tensor, Tensor]:
@@ -53,6 +65,18 @@ class Sam2PointDecoder:
         low_res, iou = self.model.decode(
             self.features, points, labels, multimask_output=self.multimask_output, cache=self.cache
         )  # (B, M, 4h, 4w), (B, M)
+        if self.refine:
+            m = low_res.shape[1]
+            limit = self.model.low_res_logit_limit
+            previous = low_res.flatten(0, 1).clamp(-limit, limit)[:, None]  # (B*M, 1, 4h, 4w)
+            low_res, iou = self.model.decode(
+                self.features,
+                points.repeat_interleave(m, dim=0),  # (B*M, 1, 2)
+                labels.repeat_interleave(m, dim=0),  # (B*M, 1)
+                mask_input=previous,
+                multimask_output=False,
+                cache=self.cache,
+            )  # (B*M, 1, 4h, 4w), (B*M, 1)
         iou_flat = iou.flatten().cpu()  # (B*M,)
         if iou_threshold is None:
             index = torch.arange(len(iou_flat))
