@@ -663,6 +663,13 @@ def row_set_image_batch(ctx: BenchContext, variant: str = "vit_b", batch: int = 
     ]
 
 
+def _row_annotate(ctx: BenchContext) -> list[BenchRow]:
+    """``samkit annotate``'s workload (in :mod:`samkit.annotation.bench`, imported when run)."""
+    from .annotation.bench import row_annotate
+
+    return row_annotate(ctx)
+
+
 ROWS: dict[str, Callable[[BenchContext], list[BenchRow]]] = {
     "set_image": row_set_image,
     "bf16": row_set_image_bf16,
@@ -674,6 +681,7 @@ ROWS: dict[str, Callable[[BenchContext], list[BenchRow]]] = {
     "set_image_vit_h": functools.partial(row_set_image, variant="vit_h"),
     "bf16_vit_h": functools.partial(row_set_image_bf16, variant="vit_h"),
     "batch8": row_set_image_batch,
+    "annotate": _row_annotate,
 }
 DEFAULT_ROWS = ("set_image", "bf16", "predict", "memory")
 # The rows of a GPU run (``samkit bench --device cuda|mps`` without --rows): vit_b and vit_h
