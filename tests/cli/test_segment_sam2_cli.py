@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from PIL import Image
 import samkit
 from samkit.build_sam2 import get_sam2_config
 from samkit.cli import main
+from samkit.everything import SamAutomaticMaskGenerator
 from samkit.modeling.sam2 import Sam2
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "chelsea.jpg"
@@ -42,6 +44,30 @@ def test_segment_with_sam21(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 def test_sam2_names_only_where_supported(capsys: pytest.CaptureFixture[str]) -> None:
     """Commands that do not run SAM 2 models yet refuse the names as a usage error (exit 2)."""
     with pytest.raises(SystemExit) as exit_info:
-        main(["everything", str(EXAMPLE), "--out", "unused", "--model", "sam2.1_hiera_t"])
+        main(["embed", str(EXAMPLE), "--out", "unused", "--model", "sam2.1_hiera_t"])
     assert exit_info.value.code == 2
     assert "invalid choice: 'sam2.1_hiera_t'" in capsys.readouterr().err
+
+
+def test_everything_with_sam21(tmp_path: Path) -> None:
+    """``samkit everything --model sam2.1_hiera_t`` writes the generator's masks."""
+    torch.manual_seed(1)
+    checkpoint = tmp_path / "sam2.1_hiera_tiny.pt"
+    torch.save({"model": Sam2(get_sam2_config("sam2.1_hiera_t")).state_dict()}, checkpoint)
+    image = samkit.load_image(EXAMPLE)[:120, :160]
+    source = tmp_path / "in" / "small.png"
+    source.parent.mkdir()
+    Image.fromarray(image).save(source)
+    options = ["--points-per-side", "2", "--pred-iou-thresh", "0", "--stability-score-thresh", "0", "--box-nms-thresh", "1"]
+    out = tmp_path / "out"
+    rc = main(["everything", str(source), "--out", str(out), "--model", "sam2.1_hiera_t", "--checkpoint", str(checkpoint),
+               "--device", "cpu", "--no-progress", *options])
+    assert rc == 0
+    rows = list(csv.DictReader((out / "small" / "metadata.csv").read_text().splitlines()))
+    generator = SamAutomaticMaskGenerator(
+        samkit.build_sam("sam2.1_hiera_t", checkpoint),
+        points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0,
+    )
+    expected = generator.generate(image)
+    assert len(rows) == len(expected) == 12
+    assert sorted(int(r["area"]) for r in rows) == sorted(int(r["area"]) for r in expected)

@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     group = parser.add_argument_group("mask generation")
     for option, (_, kind, default) in _GENERATOR_OPTIONS.items():
         group.add_argument(option, type=kind, default=default, help=f"(default {default})")
-    add_model_args(parser)
+    add_model_args(parser, sam2=True)
     add_engine_args(parser)  # also --threads and --no-progress
     parser.set_defaults(func=run)
 
