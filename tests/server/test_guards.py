@@ -172,3 +172,61 @@ def test_default_json_limit_fits_the_largest_valid_request(open_client: TestClie
     body = {"points": points, "labels": [1] * 256, "box": [0.5, 0.5, 40.123456789012345, 30.123456789012345]}
     response = open_client.post(f"/api/images/{image_id}/predict", json=body)
     assert response.status_code == 200, response.text
+
+
+# ------------------------------------------------------------------ uploads at once
+
+
+def test_uploads_beyond_the_concurrent_limit_are_503_before_reading(tiny_model: Sam) -> None:
+    import threading
+    import time
+
+    import httpx
+
+    from .support import start_live_server
+
+    server = start_live_server(create_app(tiny_model, max_concurrent_uploads=1))
+    boundary = "samkitboundary"
+    head = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n"
+        "Content-Type: image/png\r\n\r\n"
+    ).encode()
+    data = image_bytes(64, 48, seed=11)
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    started = threading.Event()
+    slow_status: list[int] = []
+
+    def slow_body() -> Iterator[bytes]:
+        yield head
+        started.set()
+        for start in range(0, len(data), 256):
+            time.sleep(0.05)
+            yield data[start : start + 256]
+        yield tail
+
+    def slow_upload() -> None:
+        response = httpx.post(
+            f"{server.url}/api/images",
+            content=slow_body(),
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+            timeout=60,
+        )
+        slow_status.append(response.status_code)
+
+    try:
+        thread = threading.Thread(target=slow_upload)
+        thread.start()
+        assert started.wait(10)
+        time.sleep(0.1)
+        second = httpx.post(
+            f"{server.url}/api/images", files={"file": ("b.png", image_bytes(30, 20, seed=12), "image/png")}, timeout=60
+        )
+        thread.join(60)
+        assert second.status_code == 503 and "being received" in second.json()["error"], second.text
+        assert slow_status == [200]
+        again = httpx.post(
+            f"{server.url}/api/images", files={"file": ("b.png", image_bytes(30, 20, seed=12), "image/png")}, timeout=60
+        )
+        assert again.status_code == 200, again.text
+    finally:
+        server.stop()

@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..modeling import Sam
-from .guards import DEFAULT_MAX_JSON_BYTES, RequestGuard
+from .guards import DEFAULT_MAX_CONCURRENT_UPLOADS, DEFAULT_MAX_JSON_BYTES, RequestGuard
 from .limits import BodySizeLimit, HostCheck
 from .schemas import (
     ErrorResponse,
@@ -92,6 +92,7 @@ def create_app(
     allowed_hosts: Sequence[str] | None = None,
     token: str | None = None,
     max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
+    max_concurrent_uploads: int = DEFAULT_MAX_CONCURRENT_UPLOADS,
 ) -> FastAPI:
     """Build the web app around a model.
 
@@ -111,6 +112,8 @@ def create_app(
             :mod:`samkit.server.guards`); None for none. Cross-origin POSTs and wrong content
             types are refused either way.
         max_json_bytes: Largest body of a request other than the upload, enforced while reading.
+        max_concurrent_uploads: Uploads received at the same time (more get 503 before their
+            body is read), so uploads in flight hold at most this many times max_upload_bytes.
 
     Returns:
         The FastAPI app; serve it with uvicorn. ``app.state.service`` is the
@@ -139,7 +142,9 @@ def create_app(
     )
     app.state.service = service
     app.add_middleware(BodySizeLimit, max_body_bytes=max_upload_bytes + _MULTIPART_SLACK)
-    app.add_middleware(RequestGuard, token=token, max_json_bytes=max_json_bytes)  # runs before BodySizeLimit
+    app.add_middleware(
+        RequestGuard, token=token, max_json_bytes=max_json_bytes, max_concurrent_uploads=max_concurrent_uploads
+    )  # runs before BodySizeLimit
     if allowed_hosts is not None:
         app.add_middleware(HostCheck, allowed_hosts=list(allowed_hosts))  # outermost: checked first
 

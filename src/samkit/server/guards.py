@@ -21,6 +21,9 @@
    ``Content-Length`` over it is refused at once; a chunked body is counted as it arrives and
    refused as soon as it passes the limit, so a huge body is never buffered or parsed. The
    upload's own limit is :class:`samkit.server.limits.BodySizeLimit`'s.
+5. **Uploads at once**: at most ``max_concurrent_uploads`` uploads are received at the same
+   time; one more is answered 503 before its body is read, so uploads in flight hold at most
+   that many times the upload limit in memory.
 """
 
 from __future__ import annotations
@@ -36,11 +39,19 @@ from urllib.parse import parse_qs
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["RequestGuard", "TOKEN_COOKIE", "TOKEN_HEADER", "DEFAULT_MAX_JSON_BYTES", "new_token"]
+__all__ = [
+    "RequestGuard",
+    "TOKEN_COOKIE",
+    "TOKEN_HEADER",
+    "DEFAULT_MAX_JSON_BYTES",
+    "DEFAULT_MAX_CONCURRENT_UPLOADS",
+    "new_token",
+]
 
 TOKEN_COOKIE = "samkit_token"
 TOKEN_HEADER = "x-samkit-token"
 DEFAULT_MAX_JSON_BYTES = 64 * 1024
+DEFAULT_MAX_CONCURRENT_UPLOADS = 8
 _UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _SAME_SITE_VALUES = frozenset({"same-origin", "none"})
 _PUBLIC_PREFIXES = ("/static/",)
@@ -65,6 +76,7 @@ class RequestGuard:
         token: The access token, or None for none (loopback use).
         max_json_bytes: Largest body of a request other than the upload.
         upload_paths: Paths that take a multipart upload (their body limit is checked elsewhere).
+        max_concurrent_uploads: Uploads received at the same time; more get 503.
     """
 
     def __init__(
@@ -74,6 +86,7 @@ class RequestGuard:
         token: str | None,
         max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
         upload_paths: Sequence[str] = ("/api/images",),
+        max_concurrent_uploads: int = DEFAULT_MAX_CONCURRENT_UPLOADS,
     ) -> None:
         if token is not None and not _TOKEN_SHAPE.fullmatch(token):
             raise ValueError("token: use at least 8 characters from A-Z a-z 0-9 . _ ~ -")
@@ -83,6 +96,10 @@ class RequestGuard:
         self.token = token
         self.max_json_bytes = int(max_json_bytes)
         self.upload_paths = frozenset(upload_paths)
+        if max_concurrent_uploads < 1:
+            raise ValueError(f"max_concurrent_uploads must be >= 1, got {max_concurrent_uploads}")
+        self.max_concurrent_uploads = int(max_concurrent_uploads)
+        self._uploads_in_flight = 0  # only touched on the event loop
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -122,6 +139,22 @@ class RequestGuard:
                     return
 
         if upload:
+            if method in _UNSAFE_METHODS:
+                if self._uploads_in_flight >= self.max_concurrent_uploads:
+                    await _send_json(
+                        send,
+                        503,
+                        f"{self._uploads_in_flight} uploads are being received; try again shortly",
+                        close=True,
+                        extra=[(b"retry-after", b"1")],
+                    )
+                    return
+                self._uploads_in_flight += 1
+                try:
+                    await self.app(scope, receive, send)
+                finally:
+                    self._uploads_in_flight -= 1
+                return
             await self.app(scope, receive, send)
             return
         limit = self.max_json_bytes
