@@ -186,3 +186,24 @@ def test_embed_rerun_removes_temp_files_of_a_killed_run(builds: list[str], pictu
     stale.write_bytes(b"half-written")
     assert main(args) == 0
     assert not stale.exists()
+
+
+def test_segment_and_embed_report_a_broken_png_by_name(
+    builds: list[str], picture: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from image_mutants import png_with_corrupt_second_idat
+
+    broken = tmp_path / "inputs" / "broken.png"
+    broken.parent.mkdir()
+    broken.write_bytes(png_with_corrupt_second_idat())
+    (broken.parent / "good.png").write_bytes(picture.read_bytes())
+    assert main(["segment", str(broken), "--point", "1,1", "--out", str(tmp_path / "m.png")]) == 2
+    line = _one_error_line(capsys)
+    assert "broken.png" in line and "broken PNG file" in line
+    assert builds == []  # the image is read before the model loads
+
+    out = tmp_path / "emb"
+    assert main(["embed", str(broken.parent), "--out", str(out), "--no-progress", "--checkpoint", str(picture)]) == 1
+    manifest = json.loads((out / "manifest.json").read_text())
+    status = {Path(entry["image"]).name: entry["status"] for entry in manifest["images"]}
+    assert status == {"broken.png": "failed", "good.png": "done"}
