@@ -33,7 +33,7 @@ def model() -> Any:
         ({"points_per_side": None, "point_grids": [np.full((3, 2), 1.5)]}, "point_grids"),
         ({"points_per_side": None, "point_grids": [np.zeros((3, 2))], "crop_n_layers": 1}, "point_grids"),
         ({"points_per_batch": 0}, "points_per_batch"),
-        ({"pred_iou_thresh": 1.5}, "pred_iou_thresh"),
+        ({"pred_iou_thresh": float("inf")}, "pred_iou_thresh"),  # any finite value is official
         ({"stability_score_thresh": float("nan")}, "stability_score_thresh"),
         ({"stability_score_offset": -1.0}, "stability_score_offset"),
         ({"box_nms_thresh": -0.1}, "box_nms_thresh"),
