@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="best: of SAM's three masks the one with the highest predicted IoU; single: SAM's single-mask output",
     )
     parser.add_argument("--polygons", action="store_true", help="COCO segmentations as polygons (default RLE)")
-    parser.add_argument("--batch-size", type=int, default=32, help="boxes per decoder call (default 32)")
+    parser.add_argument("--batch-size", type=int, default=32, help="boxes per decoder call (default 32); memory: boxes x 3 x image pixels bytes")
     parser.add_argument(
         "--image-url-prefix",
         default="/data/local-files/?d=",
