@@ -199,9 +199,10 @@ def test_uploads_beyond_the_concurrent_limit_are_503_before_reading(tiny_model: 
     def slow_body() -> Iterator[bytes]:
         yield head
         started.set()
-        for start in range(0, len(data), 256):
-            time.sleep(0.05)
-            yield data[start : start + 256]
+        step = max(1, len(data) // 40)  # ~40 pieces, 0.1 s apart: the upload stays in flight ~4 s
+        for start in range(0, len(data), step):
+            time.sleep(0.1)
+            yield data[start : start + step]
         yield tail
 
     def slow_upload() -> None:
