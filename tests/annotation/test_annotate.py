@@ -198,3 +198,21 @@ def test_bad_options_and_inputs_raise(tiny_model: Sam, dataset: dict[str, Any], 
         annotate(dataset["root"], results_path, tmp_path / "o", model=tiny_model)
     with pytest.raises(FileNotFoundError, match="classes"):
         annotate(dataset["root"], tmp_path, tmp_path / "o", model=tiny_model)
+
+
+def test_yolo_bad_rows_and_label_files_without_an_image(tiny_model: Sam, dataset: dict[str, Any], tmp_path: Path) -> None:
+    labels = tmp_path / "yolo"
+    labels.mkdir()
+    (labels / "names.txt").write_text("square\ndisc\n")
+    (labels / "img11.txt").write_text("0 0.5 0.5 0.2 0.2 0.9\n0 0.5 0.5 0.2\n7 0.5 0.5 0.2 0.2\n1 0.5 0.5 0 0.2\n\n1 0.3 0.3 0.1 0.1 0.2\n")
+    (labels / "orphan.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    reported: list[BadRow] = []
+    summary = annotate(dataset["root"], labels, tmp_path / "out", model=tiny_model, classes=labels / "names.txt",
+                       recursive=True, min_score=0.5, on_bad_row=reported.append)
+    reasons = {r.where: r.reason for r in reported}
+    assert set(reasons) == {"img11.txt line 2", "img11.txt line 3", "img11.txt line 4", "orphan.txt"}
+    assert "expected 'class cx cy w h [score]'" in reasons["img11.txt line 2"]
+    assert "unknown class 7" in reasons["img11.txt line 3"]
+    assert "empty box" in reasons["img11.txt line 4"]
+    assert "unknown image" in reasons["orphan.txt"]
+    assert (summary.masks, summary.below_score, summary.done) == (1, 1, 3)  # images without a label file: no masks
