@@ -9,7 +9,7 @@ from image_mutants import FORMATS, mutants, png_with_corrupt_second_idat
 from samkit.modeling import Sam
 from samkit.server import create_app
 
-UPLOADS_PER_FORMAT = 15  # each accepted upload is embedded by the tiny model; the decoder fuzz is in tests/unit
+UPLOADS_PER_FORMAT = 10  # each accepted upload is embedded by the tiny model; the decoder fuzz is in tests/unit
 
 
 def test_corrupt_png_chunk_type_is_415_with_the_reason(tiny_model: Sam) -> None:
