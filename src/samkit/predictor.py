@@ -130,6 +130,12 @@ class SamPredictor:
         """HQ-SAM models: the (1, 32, 256, 256) HQ features of the current image; else None."""
         return self._cache.hq_features if isinstance(self._cache, HQImageCache) else None
 
+    @property
+    def high_res_features(self) -> tuple[Tensor, ...] | None:
+        """SAM 2 models: the current image's projected stride-4 and stride-8 levels
+        ((1, 32, 256, 256), (1, 64, 128, 128)) that the decoder's upscaling adds; else None."""
+        return self._cache.high_res_features if isinstance(self._cache, Sam2ImageCache) else None
+
     def save_embedding(self, path: str | os.PathLike[str]) -> None:
         """Save the current embedding (safetensors, no pickle) to reuse it without re-encoding.
 

@@ -44,7 +44,7 @@ def test_segment_with_sam21(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 def test_sam2_names_only_where_supported(capsys: pytest.CaptureFixture[str]) -> None:
     """Commands that do not run SAM 2 models yet refuse the names as a usage error (exit 2)."""
     with pytest.raises(SystemExit) as exit_info:
-        main(["embed", str(EXAMPLE), "--out", "unused", "--model", "sam2.1_hiera_t"])
+        main(["serve", "--model", "sam2.1_hiera_t"])
     assert exit_info.value.code == 2
     assert "invalid choice: 'sam2.1_hiera_t'" in capsys.readouterr().err
 
@@ -71,3 +71,27 @@ def test_everything_with_sam21(tmp_path: Path) -> None:
     expected = generator.generate(image)
     assert len(rows) == len(expected) == 12
     assert sorted(int(r["area"]) for r in rows) == sorted(int(r["area"]) for r in expected)
+
+
+def test_embed_with_sam21(tmp_path: Path) -> None:
+    """``samkit embed --model sam2.1_hiera_t`` writes files that load_embedding reads back whole."""
+    torch.manual_seed(2)
+    checkpoint = tmp_path / "sam2.1_hiera_tiny.pt"
+    torch.save({"model": Sam2(get_sam2_config("sam2.1_hiera_t")).state_dict()}, checkpoint)
+    image = samkit.load_image(EXAMPLE)[:100, :140]
+    source = tmp_path / "in" / "small.png"
+    source.parent.mkdir()
+    Image.fromarray(image).save(source)
+    out = tmp_path / "out"
+    rc = main(["embed", str(source), "--out", str(out), "--model", "sam2.1_hiera_t", "--checkpoint", str(checkpoint),
+               "--device", "cpu", "--no-progress"])
+    assert rc == 0
+    (embedding,) = list(out.rglob("*.safetensors"))
+    model = samkit.build_sam("sam2.1_hiera_t", checkpoint)
+    loaded, direct = samkit.SamPredictor(model), samkit.SamPredictor(model)
+    loaded.load_embedding(embedding)
+    direct.set_image(image)
+    assert loaded.high_res_features is not None and len(loaded.high_res_features) == 2
+    prompt = {"point_coords": np.array([[70, 50]]), "point_labels": np.array([1]), "return_logits": True}
+    for a, b in zip(loaded.predict(**prompt), direct.predict(**prompt)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)

@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "-r", "--recursive", action="store_true", help="also read the subfolders of input folders (never the --out folder)"
     )
     parser.add_argument("--out", required=True, help="output folder")
-    add_model_args(parser)
+    add_model_args(parser, sam2=True)
     add_engine_args(parser)
     parser.set_defaults(func=run)
 

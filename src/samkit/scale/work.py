@@ -22,6 +22,7 @@ from ..everything.job import ImageResult as SegmentResult
 from ..everything.job import ImageTask, segment_task
 from ..io import ImageReadError
 from ..modeling import Sam
+from ..modeling.sam2 import Sam2
 
 # Must match SamPredictor.save_embedding so that SamPredictor.load_embedding reads our files.
 from ..predictor import _EMBEDDING_FORMAT
@@ -93,6 +94,8 @@ def embedding_bytes(predictor: Any) -> bytes:
     tensors = {"features": predictor.features.float().cpu().contiguous()}
     if predictor.hq_features is not None:  # HQ-SAM: the decoder needs them too
         tensors["hq_features"] = predictor.hq_features.float().cpu().contiguous()
+    for i, level in enumerate(predictor.high_res_features or ()):  # SAM 2: the decoder's levels
+        tensors[f"high_res_features.{i}"] = level.float().cpu().contiguous()
     return save(tensors, metadata=meta)
 
 
@@ -142,7 +145,7 @@ class ImageProcessor:
         self.kind = kind
         self.worker = f"{os.getpid()}"
         model = model_factory()
-        if not isinstance(model, Sam):
+        if not isinstance(model, (Sam, Sam2)):
             raise TypeError(f"model_factory: expected it to return a samkit Sam, got {type(model).__name__}")
         self.model = model
         if kind == "everything":
