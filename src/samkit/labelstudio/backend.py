@@ -76,6 +76,9 @@ class LabelStudioBackend:
     def predictor_for(self, url: str) -> SamPredictor:
         """The predictor with the image at ``url`` set (from the cache, or fetched and embedded)."""
         key = self.images.resolve(url)
+        cached = self.embeddings.get(key)
+        if cached is not None:  # no waiting behind another image's embedding
+            return cached
         with self._embed_lock:  # one embedding at a time; a second request for the same image waits and reuses it
             cached = self.embeddings.get(key)
             if cached is not None:
