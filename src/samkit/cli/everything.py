@@ -113,7 +113,6 @@ def run(args: argparse.Namespace) -> int:
         try:
             if engine["threads"] is not None:
                 torch.set_num_threads(engine["threads"])
-            print(f"samkit everything: loading {args.model} ...", file=sys.stderr, flush=True)
             model = load_model(args)
             try:
                 generator = SamAutomaticMaskGenerator(model, output_mode="coco_rle", **kwargs)
