@@ -44,7 +44,7 @@ def test_segment_with_sam21(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 def test_sam2_names_only_where_supported(capsys: pytest.CaptureFixture[str]) -> None:
     """Commands that do not run SAM 2 models yet refuse the names as a usage error (exit 2)."""
     with pytest.raises(SystemExit) as exit_info:
-        main(["serve", "--model", "sam2.1_hiera_t"])
+        main(["export-onnx", "--out", "unused", "--model", "sam2.1_hiera_t"])
     assert exit_info.value.code == 2
     assert "invalid choice: 'sam2.1_hiera_t'" in capsys.readouterr().err
 

@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="Serve the interactive segmentation page and the JSON API (OpenAPI at /docs). "
         "Binds to 127.0.0.1 unless --host says otherwise. Needs: pip install 'samkit[server]'.",
     )
-    add_model_args(parser)
+    add_model_args(parser, sam2=True)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     parser.add_argument(

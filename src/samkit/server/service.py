@@ -34,6 +34,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..io import ImageReadError, load_image
 from ..modeling import Sam
+from ..modeling.sam2 import Sam2
 from ..predictor import SamPredictor
 from .cache import ByteLRU
 from .encoding import encode_rle, mask_to_outlined_png_base64, mask_to_png_base64
@@ -181,7 +182,7 @@ class SegmentationService:
         max_pending_embeddings: int = 8,
         predict_workers: int = 2,
     ) -> None:
-        if not isinstance(model, Sam):
+        if not isinstance(model, (Sam, Sam2)):
             raise TypeError(f"model: expected a samkit Sam model, got {type(model).__name__}")
         for name, value in (
             ("max_image_pixels", max_image_pixels),
