@@ -258,6 +258,7 @@ class SamPredictor:
         mask_input_batch: list[np.ndarray | None] | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        normalize_coords: bool = True,
     ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
         """:meth:`predict` on each image of :meth:`set_image_batch`, with one entry of each list per image.
 
@@ -289,6 +290,7 @@ class SamPredictor:
                     None if mask_input_batch is None else mask_input_batch[i],
                     multimask_output=multimask_output,
                     return_logits=return_logits,
+                    normalize_coords=normalize_coords,
                 )
                 for collected, value in zip(results, outputs):
                     collected.append(value)
@@ -312,6 +314,7 @@ class SamPredictor:
         return_logits: bool = False,
         *,
         hq_token_only: bool = False,
+        normalize_coords: bool = True,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Predict masks for prompts given in original-image pixels.
 
@@ -326,6 +329,9 @@ class SamPredictor:
             return_logits: return mask logits instead of booleans.
             hq_token_only: HQ-SAM models only: the HQ token's mask alone, without SAM's mask
                 added (the official ``hq_token_only``); True raises ValueError for other models.
+            normalize_coords: as SAM2ImagePredictor's: True (default) for points and boxes in
+                pixels; False for coordinates already normalized to [0, 1] by the image's width
+                (x) and height (y).
 
         Returns:
             masks (C, H, W), scores (C,), low_res_logits (C, 256, 256) (C = 1 for HQ-SAM); with B > 1 boxes each gets a
@@ -339,6 +345,8 @@ class SamPredictor:
         if point_coords is not None:
             points = as_points(point_coords)
             labels = as_labels(point_labels, points.shape[0])
+            if not normalize_coords:
+                points = points * np.array([self.original_size[1], self.original_size[0]], dtype=np.float64)  # (N, 2) pixels
             coords_t = torch.from_numpy(self.transform.apply_coords(points, self.original_size))[None]  # (1, N, 2)
             labels_t = torch.from_numpy(labels)[None]  # (1, N)
         elif point_labels is not None:
@@ -346,6 +354,9 @@ class SamPredictor:
         if box is not None:
             boxes = as_boxes(box)
             batch = boxes.shape[0]
+            if not normalize_coords:
+                height, width = self.original_size
+                boxes = boxes * np.array([width, height, width, height], dtype=np.float64)  # (B, 4) pixels
             boxes_t = torch.from_numpy(self.transform.apply_boxes(boxes, self.original_size))  # (B, 4)
         if mask_input is not None:
             mask = as_mask_input(mask_input, self.model.prompt_encoder.mask_input_size)

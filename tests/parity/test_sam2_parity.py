@@ -173,3 +173,16 @@ def test_image_batch_matches_official(sam2_pair: tuple[Any, Any, Path], parity: 
         for i in range(len(images)):
             for name, a, b in zip(("logits", "iou", "low-res"), got, want):
                 parity.close(a[i], b[i], what=f"batch image {i} {name} {sorted(kwargs)}")
+
+
+def test_normalized_coordinates(sam2_pair: tuple[Any, Any, Path], parity: Any) -> None:
+    """normalize_coords=False: points and boxes given as fractions of the image, as officially."""
+    ours, official, _ = sam2_pair
+    kwargs = {
+        "point_coords": np.array([[0.42, 0.55], [0.78, 0.22]]),
+        "point_labels": np.array([1, 0]),
+        "box": np.array([0.15, 0.2, 0.7, 0.85]),
+        "multimask_output": False,
+        "normalize_coords": False,
+    }
+    parity.compare_predict(ours, official, kwargs, what="normalized coordinates")
