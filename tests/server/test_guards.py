@@ -218,12 +218,20 @@ def test_uploads_beyond_the_concurrent_limit_are_503_before_reading(tiny_model: 
         thread = threading.Thread(target=slow_upload)
         thread.start()
         assert started.wait(10)
-        time.sleep(0.1)
-        second = httpx.post(
-            f"{server.url}/api/images", files={"file": ("b.png", image_bytes(30, 20, seed=12), "image/png")}, timeout=60
-        )
+        # The client has sent the first upload's head; on a busy machine the server may take a
+        # moment to start receiving it, so ask again (while it is in flight) until it holds the slot.
+        statuses: list[int] = []
+        deadline = time.monotonic() + 3
+        while True:
+            time.sleep(0.1)
+            second = httpx.post(
+                f"{server.url}/api/images", files={"file": ("b.png", image_bytes(30, 20, seed=12), "image/png")}, timeout=60
+            )
+            statuses.append(second.status_code)
+            if second.status_code == 503 or time.monotonic() > deadline or not thread.is_alive():
+                break
         thread.join(60)
-        assert second.status_code == 503 and "being received" in second.json()["error"], second.text
+        assert second.status_code == 503 and "being received" in second.json()["error"], (statuses, second.text)
         assert slow_status == [200]
         again = httpx.post(
             f"{server.url}/api/images", files={"file": ("b.png", image_bytes(30, 20, seed=12), "image/png")}, timeout=60
