@@ -635,49 +635,6 @@ def row_onnx(ctx: BenchContext, variant: str = "vit_b") -> list[BenchRow]:
     return rows
 
 
-def row_compile(ctx: BenchContext, variant: str = "vit_b") -> list[BenchRow]:
-    """``compile=True`` against the eager encoder, both in the dtype ``"auto"`` picks here.
-
-    The compile time (the first ``set_image``) is reported on its own, not in the medians.
-    """
-    from .build import build_sam
-    from .hardware import auto_dtype
-    from .predictor import SamPredictor
-
-    dtype, _ = auto_dtype(ctx.device)
-    eager = ctx.samkit(variant, dtype)
-    compiled = SamPredictor(build_sam(variant, ctx.checkpoint(variant), device=ctx.device, dtype=dtype, compile=True))
-    image = ctx.image
-    start = time.perf_counter()
-    compiled.set_image(image)
-    first_call_s = time.perf_counter() - start
-    state = compiled.model.image_encoder.compile_state
-    medians = time_alternating(
-        {"eager": lambda: eager.set_image(image), "compiled": lambda: compiled.set_image(image)}, ctx.rounds
-    )
-    ious: list[float] = []
-    for prompt in benchmark_prompts(*image.shape[:2]):
-        m_eager, _, _ = eager.predict(multimask_output=True, **prompt)
-        m_compiled, _, _ = compiled.predict(multimask_output=True, **prompt)
-        ious.extend(mask_iou(a, b) for a, b in zip(m_eager, m_compiled))
-    dtype_name = str(dtype).removeprefix("torch.")
-    return [
-        BenchRow(
-            f"set_image {variant} {dtype_name} compiled",
-            f"samkit eager {dtype_name}",
-            medians["eager"],
-            medians["compiled"],
-            round_ratios=medians.ratios("eager", "compiled"),
-            check=(
-                f"compiled={state.compiled}; first call (compile) {first_call_s:.0f} s; "
-                f"mask IoU vs eager: mean {float(np.mean(ious)):.4f}, min {min(ious):.4f}"
-            ),
-            ok=state.compiled and float(np.mean(ious)) >= 0.99,
-            extra={"compile_seconds": first_call_s, "dtype": dtype_name, "compile_error": state.error},
-        )
-    ]
-
-
 def row_set_image_batch(ctx: BenchContext, variant: str = "vit_b", batch: int = 8) -> list[BenchRow]:
     """``batch`` images through ``SamPredictor.set_image_batch`` against the official set_image per image.
 
@@ -724,7 +681,6 @@ ROWS: dict[str, Callable[[BenchContext], list[BenchRow]]] = {
     "everything": row_everything,
     "vit_t": row_vit_t,
     "onnx": row_onnx,
-    "compile": row_compile,
     "set_image_vit_h": functools.partial(row_set_image, variant="vit_h"),
     "bf16_vit_h": functools.partial(row_set_image_bf16, variant="vit_h"),
     "batch8": row_set_image_batch,

@@ -7,7 +7,6 @@ import os
 
 import torch
 
-from .compile import compile_encoder
 from .hardware import auto_dtype
 from .config import VARIANTS, HQSamConfig, SamConfig, get_config
 from .modeling import Sam
@@ -60,7 +59,6 @@ def build_sam(
     device: torch.device | str | None = None,
     dtype: torch.dtype | str | None = None,
     progress: bool = True,
-    compile: bool = False,
 ) -> Sam:
     """Build a SAM model in eval mode and load its weights.
 
@@ -80,9 +78,6 @@ def build_sam(
             hardware runs accurately (bfloat16 on CUDA and on CPUs with AVX-512 BF16 or AMX, else
             float32; see :func:`samkit.hardware.auto_dtype`) and logs which.
         progress: show a progress bar when downloading.
-        compile: compile the image encoder with ``torch.compile`` (opt-in; the first
-            ``set_image`` then takes minutes; needs a C++ compiler, else it runs eagerly after
-            one warning; see :mod:`samkit.compile`).
 
     Returns:
         The model, in eval mode, with ``requires_grad`` off.
@@ -92,10 +87,7 @@ def build_sam(
         samkit.weights.CheckpointError: missing, corrupt, unsafe or mismatched checkpoint.
     """
     if is_sam2_variant(variant):  # SAM 2 / 2.1: Hiera encoder, own decoder and loader rules
-        sam2_model = build_sam2_model(variant, checkpoint, device=device, dtype=_parse_dtype(dtype, device), progress=progress)
-        if compile:
-            compile_encoder(sam2_model.image_encoder)
-        return sam2_model  # type: ignore[return-value]
+        return build_sam2_model(variant, checkpoint, device=device, dtype=_parse_dtype(dtype, device), progress=progress)  # type: ignore[return-value]
     config = get_config(variant)
     target_dtype = _parse_dtype(dtype, device)
     name = _official_variant(config)
@@ -117,8 +109,6 @@ def build_sam(
         model.image_encoder.to(target_dtype)
         if model.device.type == "cuda":
             model.mask_decoder.to(target_dtype)
-    if compile:
-        compile_encoder(model.image_encoder)
     return model
 
 

@@ -18,7 +18,7 @@ DTYPE_CHOICES = ("float32", "bfloat16", "float16", "auto")
 
 
 def add_model_args(parser: argparse.ArgumentParser, *, default_model: str = "vit_b", sam2: bool = False) -> None:
-    """Add --model, --checkpoint, --dtype, --device and --compile (``sam2``: SAM 2.x names too)."""
+    """Add --model, --checkpoint, --dtype, --device (``sam2``: SAM 2.x names too)."""
     group = parser.add_argument_group("model")
     choices = MODEL_CHOICES + SAM2_MODEL_CHOICES if sam2 else MODEL_CHOICES
     group.add_argument("--model", default=default_model, choices=choices, help=f"model variant (default {default_model})")
@@ -38,12 +38,6 @@ def add_model_args(parser: argparse.ArgumentParser, *, default_model: str = "vit
         "--device",
         default="auto",
         help="auto (default: cuda, then mps, then cpu), cpu, cuda, cuda:N, mps or gpu",
-    )
-    group.add_argument(
-        "--compile",
-        action="store_true",
-        help="compile the image encoder with torch.compile (opt-in: minutes to compile, needs a C++ "
-        "compiler, else runs eagerly after a warning); pays in long runs (serve, everything, embed)",
     )
 
 
@@ -66,7 +60,7 @@ def load_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         chosen, reason = auto_dtype(device)
         dtype = str(chosen).removeprefix("torch.")
         print(f"--dtype auto: {dtype} ({reason})", file=sys.stderr)
-    return build_sam(args.model, checkpoint, device=device, dtype=dtype, compile=getattr(args, "compile", False))
+    return build_sam(args.model, checkpoint, device=device, dtype=dtype)
 
 
 def model_device(args: argparse.Namespace):  # type: ignore[no-untyped-def]
