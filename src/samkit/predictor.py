@@ -27,11 +27,12 @@ from .prompts import as_boxes, as_labels, as_mask_input, as_points
 from .square_transform import ResizeSquare
 from .transforms import ResizeLongestSide
 
-__all__ = ["SamPredictor"]
+__all__ = ["SamPredictor", "EMBEDDING_FORMAT"]
 
 logger = logging.getLogger(__name__)
 
-_EMBEDDING_FORMAT = "samkit-embedding-v1"
+#: The "format" field of every file SamPredictor.save_embedding writes (and writers that mirror it).
+EMBEDDING_FORMAT = "samkit-embedding-v1"
 
 
 class SamPredictor:
@@ -148,7 +149,7 @@ class SamPredictor:
         self._require_image()
         assert self.features is not None
         meta = {
-            "format": _EMBEDDING_FORMAT,
+            "format": EMBEDDING_FORMAT,
             "model": self.model.config.name,
             "original_size": json.dumps(self.original_size),
             "input_size": json.dumps(self.input_size),
@@ -175,7 +176,7 @@ class SamPredictor:
             raise FileNotFoundError(f"embedding file not found: {path}") from None
         except Exception as exc:
             raise ValueError(f"cannot read embedding {path}: {exc}") from exc
-        if meta.get("format") != _EMBEDDING_FORMAT:
+        if meta.get("format") != EMBEDDING_FORMAT:
             raise ValueError(f"{path}: not a samkit embedding file")
         if meta.get("model") != self.model.config.name:
             raise ValueError(

@@ -25,7 +25,7 @@ from ..modeling import Sam
 from ..modeling.sam2 import Sam2
 
 # Must match SamPredictor.save_embedding so that SamPredictor.load_embedding reads our files.
-from ..predictor import _EMBEDDING_FORMAT
+from ..predictor import EMBEDDING_FORMAT
 
 __all__ = ["ImageProcessor", "ImageResult", "WorkItem", "embedding_bytes", "mask_file_bytes", "output_bytes"]
 
@@ -86,7 +86,7 @@ def embedding_bytes(predictor: Any) -> bytes:
     from safetensors.torch import save
 
     meta = {
-        "format": _EMBEDDING_FORMAT,
+        "format": EMBEDDING_FORMAT,
         "model": predictor.model.config.name,
         "original_size": json.dumps(predictor.original_size),
         "input_size": json.dumps(predictor.input_size),
