@@ -107,3 +107,16 @@ def test_stability_bounds_of_a_large_image_have_no_float64() -> None:
     full = torch.full((1, 256, 256), 50.0)
     upper, lower = stability_bounds(full, input_size, size, 1024, (1.0, -1.0))
     assert int(upper[0]) == int(lower[0]) == size[0] * size[1]
+
+
+def test_hq_everything_has_no_float64() -> None:
+    """HQ-SAM's segment-everything decoder normalizes its float64 points on the host too."""
+    from .test_hq_generator import small_hq_config
+
+    torch.manual_seed(0)
+    hq_model = samkit.build_sam(small_hq_config())
+    generator = SamAutomaticMaskGenerator(hq_model, points_per_side=3, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    with Float64Guard(hq_model.device) as recorder:
+        records = generator.generate(make_image(60, 80, seed=3))
+    assert not recorder.ops, f"float64 operations on {hq_model.device}: {dict(recorder.ops)}"
+    assert records

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ..modeling.hq_sam import HQImageCache, HQSam
+from .decode import normalized_points
 from ..modeling.transformer import PROMPT_CHUNK
 
 __all__ = ["HQPointDecoder"]
@@ -56,8 +57,6 @@ class HQPointDecoder:
             logits (N, 4h, 4w) float32 of those masks (one output per prompt, so the index is
             the prompt's).
         """
-        if isinstance(coords, np.ndarray):
-            coords = torch.from_numpy(coords)
         model = self.model
         decoder = model.mask_decoder
         dtype = model.dtype
@@ -67,10 +66,19 @@ class HQPointDecoder:
         # Without the transformer's image-side cache the plain path needs the no-mask embedding.
         no_mask = None if self.cache.side is not None else model.embed_prompts(None, None, None, None)[1].to(dtype)
         ious, indices, logits = [], [], []
+        encoder = model.prompt_encoder
+        # numpy / float64 points are normalized on the host (as PointDecoder.run does): no float64
+        # tensor on the model's device.
+        host_normalized = isinstance(coords, np.ndarray) or coords.dtype == torch.float64
+        if host_normalized:
+            coords = normalized_points(coords, encoder.input_image_size)  # (B, 2) float32, CPU
         for start in range(0, coords.shape[0], chunk):
             points = coords[start : start + chunk].to(device)[:, None, :]  # (b, 1, 2)
             labels = torch.ones(points.shape[:2], dtype=torch.int64, device=device)  # (b, 1)
-            sparse = model.prompt_encoder.embed_points(points, labels, pad=True).to(dtype)  # (b, 2, C)
+            if host_normalized:
+                sparse = encoder.embed_normalized_points(points, labels, pad=True).to(dtype)  # (b, 2, C)
+            else:
+                sparse = encoder.embed_points(points, labels, pad=True).to(dtype)  # (b, 2, C)
             low_res, iou = decoder(
                 self.features,
                 image_pe,
