@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+from torch import Tensor
 
 import samkit
 import samkit.batching
@@ -103,3 +104,61 @@ def test_upscaling_tile_does_not_change_logits(model: Any) -> None:
     whole = decoder.masks_from_image_tokens(tokens, hyper, (16, 16), tile=256)
     for tile in (7, 64, None):  # equal up to the rounding of other GEMM sizes
         torch.testing.assert_close(decoder.masks_from_image_tokens(tokens, hyper, (16, 16), tile=tile), whole, rtol=1e-5, atol=1e-6)
+
+
+def _count_forward(monkeypatch: pytest.MonkeyPatch, cls: type) -> dict[str, int]:
+    counts = {"calls": 0}
+    forward = cls.forward
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        counts["calls"] += 1
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "forward", counting)
+    return counts
+
+
+def test_sam2_and_hq_decoders_chunk_by_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SAM 2's and HQ-SAM's decoders take their prompt chunk from samkit.batching too: 9 prompts
+    are 3 chunks (+ the splitting call) on the CPU, one call with the accelerators' batching,
+    with the same outputs."""
+    from samkit.build_sam2 import get_sam2_config
+    from samkit.modeling.hq_decoder import HQMaskDecoder
+    from samkit.modeling.sam2 import Sam2
+    from samkit.modeling.sam2_mask_decoder import Sam2MaskDecoder
+
+    from .test_hq_generator import small_hq_config
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    sam2_decoder = Sam2(get_sam2_config("sam2.1_hiera_t")).sam_mask_decoder.eval()
+    c = 256
+    features = torch.randn(1, c, 16, 16, generator=g)  # (1, C, h, w)
+    pe = torch.randn(1, c, 16, 16, generator=g)
+    sparse = torch.randn(9, 3, c, generator=g)  # (B, T, C)
+    high_res = (torch.randn(1, c // 8, 64, 64, generator=g), torch.randn(1, c // 4, 32, 32, generator=g))
+
+    hq_model = samkit.build_sam(small_hq_config())
+    hq_decoder = hq_model.mask_decoder
+    hc = hq_model.prompt_encoder.embed_dim
+    h, w = hq_model.prompt_encoder.image_embedding_size
+    hq_args = (torch.randn(1, hc, h, w, generator=g), torch.randn(1, hc, h, w, generator=g), torch.randn(9, 3, hc, generator=g))
+    early = torch.randn(1, hq_model.config.early_feature_dim, h, w, generator=g)  # (1, C_early, h, w)
+    hq_features = hq_decoder.hq_features(hq_args[0], early)
+
+    def run() -> tuple[list[Tensor], dict[str, int], dict[str, int]]:
+        sam2_counts = _count_forward(monkeypatch, Sam2MaskDecoder)
+        hq_counts = _count_forward(monkeypatch, HQMaskDecoder)
+        with torch.inference_mode():
+            out = list(sam2_decoder(features, pe, sparse, torch.zeros(1, c, 16, 16), True, high_res))
+            out += list(hq_decoder(*hq_args, torch.zeros(1, hc, h, w), True, hq_features=hq_features))
+        return out, sam2_counts, hq_counts
+
+    cpu_out, cpu_sam2, cpu_hq = run()
+    monkeypatch.undo()
+    _as_accelerator(monkeypatch)
+    acc_out, acc_sam2, acc_hq = run()
+    assert (cpu_sam2["calls"], cpu_hq["calls"]) == (4, 4)  # split + ceil(9 / 4) chunks each
+    assert (acc_sam2["calls"], acc_hq["calls"]) == (1, 1)
+    for a, b in zip(cpu_out, acc_out):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..modeling.hq_sam import HQImageCache, HQSam
 from .decode import normalized_points
-from ..modeling.transformer import PROMPT_CHUNK
+from .. import batching
 
 __all__ = ["HQPointDecoder"]
 
@@ -42,7 +42,7 @@ class HQPointDecoder:
 
     @torch.inference_mode()
     def decode(
-        self, coords: Tensor | np.ndarray, iou_threshold: float | None, chunk: int = PROMPT_CHUNK
+        self, coords: Tensor | np.ndarray, iou_threshold: float | None, chunk: int | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Predicted IoU of every prompt's mask, and low-res logits of those above ``iou_threshold``.
 
@@ -50,7 +50,7 @@ class HQPointDecoder:
             coords: (B, 2) ``(x, y)`` points in the resized-image (model input) pixel space;
                 float64 keeps the reference's precision up to the positional encoding.
             iou_threshold: keep masks whose predicted IoU is above it; None keeps all.
-            chunk: prompts per step.
+            chunk: prompts per step (default: the model device's, see :mod:`samkit.batching`).
 
         Returns:
             iou (B,) float32 on the CPU; index (N,) int64 of the kept masks into it; low-res
@@ -72,6 +72,8 @@ class HQPointDecoder:
         host_normalized = isinstance(coords, np.ndarray) or coords.dtype == torch.float64
         if host_normalized:
             coords = normalized_points(coords, encoder.input_image_size)  # (B, 2) float32, CPU
+        if chunk is None:
+            chunk = batching.batching_for(device).prompt_chunk
         for start in range(0, coords.shape[0], chunk):
             points = coords[start : start + chunk].to(device)[:, None, :]  # (b, 1, 2)
             labels = torch.ones(points.shape[:2], dtype=torch.int64, device=device)  # (b, 1)

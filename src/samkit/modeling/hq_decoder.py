@@ -25,7 +25,8 @@ from torch import Tensor, nn
 from ..config import MaskDecoderConfig
 from .common import MLP, LayerNorm2d
 from .mask_decoder import MaskDecoder
-from .transformer import PROMPT_CHUNK, ImageSideCache
+from .. import batching
+from .transformer import ImageSideCache
 
 __all__ = ["HQMaskDecoder"]
 
@@ -103,25 +104,26 @@ class HQMaskDecoder(MaskDecoder):
             mask logits (B, 1, 4h, 4w) and the SAM token's IoU prediction (B, 1).
         """
         b = sparse_prompt_embeddings.shape[0]
-        if b > PROMPT_CHUNK and not torch.jit.is_tracing():
+        chunk = batching.batching_for(sparse_prompt_embeddings.device).prompt_chunk  # per device, one place
+        if b > chunk and not torch.jit.is_tracing():
             # A few prompts at a time, as MaskDecoder.forward does: each prompt's upscaled
             # features are (C/8 + C/4, 4h, 4w), ~24 MB at C = 256.
             def part(x: Tensor | None, s: int) -> Tensor | None:
                 """Rows s.. of a per-prompt (B, ...) tensor; a shared (1, ...) one as it is."""
-                return x[s : s + PROMPT_CHUNK] if x is not None and x.shape[0] == b else x
+                return x[s : s + chunk] if x is not None and x.shape[0] == b else x
 
             parts = [
                 self.forward(
                     part(image_embeddings, s),  # type: ignore[arg-type]
                     image_pe,
-                    sparse_prompt_embeddings[s : s + PROMPT_CHUNK],
+                    sparse_prompt_embeddings[s : s + chunk],
                     part(dense_prompt_embeddings, s),
                     multimask_output,
                     hq_features=hq_features,
                     hq_token_only=hq_token_only,
                     cache=cache,
                 )
-                for s in range(0, b, PROMPT_CHUNK)
+                for s in range(0, b, chunk)
             ]
             return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         dtype = sparse_prompt_embeddings.dtype

@@ -25,7 +25,8 @@ from torch import Tensor, nn
 
 from ..config import MaskDecoderConfig
 from .common import MLP, LayerNorm2d
-from .transformer import PROMPT_CHUNK, ImageSideCache, TwoWayTransformer
+from .. import batching
+from .transformer import ImageSideCache, TwoWayTransformer
 
 __all__ = ["Sam2MaskDecoder"]
 
@@ -140,22 +141,23 @@ class Sam2MaskDecoder(nn.Module):
             logits (B, 1).
         """
         b = sparse_prompt_embeddings.shape[0]
-        if b > PROMPT_CHUNK and not torch.jit.is_tracing():
+        chunk = batching.batching_for(sparse_prompt_embeddings.device).prompt_chunk  # per device, one place
+        if b > chunk and not torch.jit.is_tracing():
             # A few prompts at a time, so that each one's upscaled features stay small.
             def part(x: Tensor | None, s: int) -> Tensor | None:
-                return x[s : s + PROMPT_CHUNK] if x is not None and x.shape[0] == b else x
+                return x[s : s + chunk] if x is not None and x.shape[0] == b else x
 
             parts = [
                 self.forward(
                     part(image_embeddings, s),  # type: ignore[arg-type]
                     image_pe,
-                    sparse_prompt_embeddings[s : s + PROMPT_CHUNK],
+                    sparse_prompt_embeddings[s : s + chunk],
                     part(dense_prompt_embeddings, s),
                     multimask_output,
                     None if high_res_features is None else (part(high_res_features[0], s), part(high_res_features[1], s)),  # type: ignore[arg-type]
                     cache=cache,
                 )
-                for s in range(0, b, PROMPT_CHUNK)
+                for s in range(0, b, chunk)
             ]
             return tuple(torch.cat([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
         masks, iou_pred, object_score_logits = self.predict_all_masks(
