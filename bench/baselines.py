@@ -61,8 +61,8 @@ def make_checkpoint(
     """Write a perturbed official-format checkpoint for ``variant`` to ``path``.
 
     Args:
-        variant: ``vit_b``, ``vit_l``, ``vit_h`` or ``vit_t``.
-        path: where to write the state dict.
+        variant: ``vit_b``, ``vit_l``, ``vit_h``, ``vit_t``, ``hq_vit_*`` or ``sam2.1_hiera_*``.
+        path: where to write the state dict (SAM 2: ``{"model": state_dict}``).
         seed: seed of the initial weights and of the N(0, 0.02) perturbation.
         construct_for: if given, an (H, W, 3) uint8 RGB image for which the decoder is then
             constructed to make point-local, stable masks (:func:`construct_decoder_`), so that
@@ -73,14 +73,15 @@ def make_checkpoint(
     Returns:
         ``path`` as a string.
     """
-    if variant == "vit_t":
-        from mobile_sam import sam_model_registry as registry
-    else:
-        from segment_anything import sam_model_registry as registry
     with torch.random.fork_rng():  # seeded initial weights too: the same checkpoint every run
         torch.manual_seed(seed)
-        model = registry[variant]().eval()
+        model = _official_model(variant, None)
     _perturb_(model, seed)
+    if variant.startswith("sam2"):
+        if construct_for is not None or construct_kwargs:
+            raise ValueError("the constructed decoder is SAM 1's")
+        torch.save({"model": model.state_dict()}, path)  # SAM 2's released files wrap the state dict
+        return os.fspath(path)
     if construct_for is not None:
         construct_decoder_(model, construct_for, **construct_kwargs)
     elif construct_kwargs:
@@ -89,8 +90,26 @@ def make_checkpoint(
     return os.fspath(path)
 
 
-def build_model(variant: str, checkpoint: str) -> torch.nn.Module:
-    """The reference model for ``variant`` with the given checkpoint, in eval mode."""
+# samkit SAM 2 name -> the official config inside the installed sam2 package.
+SAM2_CONFIGS = {
+    "sam2.1_hiera_t": "configs/sam2.1/sam2.1_hiera_t.yaml",
+    "sam2.1_hiera_s": "configs/sam2.1/sam2.1_hiera_s.yaml",
+    "sam2.1_hiera_b+": "configs/sam2.1/sam2.1_hiera_b+.yaml",
+    "sam2.1_hiera_l": "configs/sam2.1/sam2.1_hiera_l.yaml",
+}
+
+
+def _official_model(variant: str, checkpoint: str | None) -> torch.nn.Module:
+    """The reference model of ``variant`` (vit_*, vit_t = MobileSAM, hq_vit_*, sam2.1_hiera_*)."""
+    if variant.startswith("sam2"):
+        from sam2.build_sam import build_sam2
+
+        # apply_postprocessing (the dynamic single-mask fallback) is what samkit's SAM 2 does too.
+        return build_sam2(SAM2_CONFIGS[variant], ckpt_path=checkpoint, device="cpu", apply_postprocessing=True).eval()
+    if variant.startswith("hq_"):
+        from segment_anything_hq import sam_model_registry as registry
+
+        return registry[variant.removeprefix("hq_")](checkpoint=checkpoint).eval()
     if variant == "vit_t":
         from mobile_sam import sam_model_registry as registry
     else:
@@ -98,9 +117,20 @@ def build_model(variant: str, checkpoint: str) -> torch.nn.Module:
     return registry[variant](checkpoint=checkpoint).eval()
 
 
+def build_model(variant: str, checkpoint: str) -> torch.nn.Module:
+    """The reference model for ``variant`` with the given checkpoint, in eval mode."""
+    return _official_model(variant, checkpoint)
+
+
 def predictor(model: torch.nn.Module, variant: str = "vit_b") -> Any:
-    """The reference ``SamPredictor`` for a model."""
-    if variant == "vit_t":
+    """The reference predictor for a model (``SAM2ImagePredictor`` for SAM 2)."""
+    if variant.startswith("sam2"):
+        from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+        return SAM2ImagePredictor(model)
+    if variant.startswith("hq_"):
+        from segment_anything_hq import SamPredictor
+    elif variant == "vit_t":
         from mobile_sam import SamPredictor
     else:
         from segment_anything import SamPredictor

@@ -673,6 +673,43 @@ def _row_annotate(ctx: BenchContext) -> list[BenchRow]:
     return row_annotate(ctx)
 
 
+def row_model_family(ctx: BenchContext, variant: str) -> list[BenchRow]:
+    """set_image and a 1-point multimask predict of another model family (HQ-SAM, SAM 2.1)
+    against its official code (``bench/baselines.py``), on the same perturbed weights."""
+    off = ctx.official(variant)
+    ours = ctx.samkit(variant)
+    image = ctx.image
+    h, w = image.shape[:2]
+    encode = time_alternating({"official": lambda: off.set_image(image), "samkit": lambda: ours.set_image(image)}, ctx.rounds)
+    point = {"point_coords": np.array([[w * 0.45, h * 0.55]]), "point_labels": np.array([1])}
+    decode = time_alternating(
+        {"official": lambda: off.predict(**point), "samkit": lambda: ours.predict(**point)},
+        max(ctx.rounds * 10, 20),
+        warmup=3,
+    )
+    lo, _, _ = off.predict(return_logits=True, **point)
+    ls, _, _ = ours.predict(return_logits=True, **point)
+    strong, diff = _agreement(np.asarray(lo, dtype=np.float32), np.asarray(ls, dtype=np.float32))
+    check = f"logits max|diff| {diff:.1e}, {strong} mask pixels differ beyond |logit|>=1e-3"
+    ctx.drop(f"official:{variant}:", f"samkit:{variant}:")
+    return [
+        BenchRow(f"set_image {variant} fp32", "official fp32", encode["official"], encode["samkit"],
+                 round_ratios=encode.ratios("official", "samkit"), check=check, ok=strong == 0),
+        BenchRow(f"predict {variant} 1 point, multimask, {w}x{h}", "official", decode["official"], decode["samkit"],
+                 round_ratios=decode.ratios("official", "samkit"), check=check, ok=strong == 0),
+    ]
+
+
+def row_hq(ctx: BenchContext) -> list[BenchRow]:
+    """HQ-SAM (hq_vit_b) against segment-anything-hq."""
+    return row_model_family(ctx, "hq_vit_b")
+
+
+def row_sam2(ctx: BenchContext) -> list[BenchRow]:
+    """SAM 2.1 (hiera_t and hiera_b+) against the official sam2 package."""
+    return row_model_family(ctx, "sam2.1_hiera_t") + row_model_family(ctx, "sam2.1_hiera_b+")
+
+
 ROWS: dict[str, Callable[[BenchContext], list[BenchRow]]] = {
     "set_image": row_set_image,
     "bf16": row_set_image_bf16,
@@ -681,6 +718,8 @@ ROWS: dict[str, Callable[[BenchContext], list[BenchRow]]] = {
     "everything": row_everything,
     "vit_t": row_vit_t,
     "onnx": row_onnx,
+    "hq": row_hq,
+    "sam2": row_sam2,
     "set_image_vit_h": functools.partial(row_set_image, variant="vit_h"),
     "bf16_vit_h": functools.partial(row_set_image_bf16, variant="vit_h"),
     "batch8": row_set_image_batch,
