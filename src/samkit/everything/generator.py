@@ -283,7 +283,9 @@ class SamAutomaticMaskGenerator:
         data = MaskSet.concat(parts)
         if len(crop_boxes) > 1 and len(data):
             scores = 1 / box_area(data.crop_boxes)  # prefer masks from smaller crops
-            keep = nms(data.boxes.float(), scores, self.crop_nms_thresh)
+            # On the model's device, as the reference does: its final tie-breaking sort runs there.
+            device = self.model.device
+            keep = nms(data.boxes.float().to(device), scores.to(device), self.crop_nms_thresh)
             data = data.select(keep)
         return data
 
@@ -333,7 +335,8 @@ class SamAutomaticMaskGenerator:
         data = MaskSet.concat(parts)
         if len(data) == 0:
             return data
-        keep = nms(data.boxes.float(), data.iou_preds, self.box_nms_thresh)  # duplicates within the crop
+        device = self.model.device  # the reference runs this NMS on the model's device
+        keep = nms(data.boxes.float().to(device), data.iou_preds.to(device), self.box_nms_thresh)  # duplicates within the crop
         data = data.select(keep)
         data.boxes = data.boxes + torch.tensor([[x0, y0, x0, y0]], dtype=torch.int64)  # (N, 4) image frame
         data.points = data.points + np.array([[x0, y0]], dtype=np.int64)  # (N, 2) image frame
