@@ -28,6 +28,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import secrets
@@ -165,6 +166,7 @@ class RequestGuard:
             except ValueError:
                 size = -1
             if size > limit:
+                await _discard_body(receive)
                 await _send_json(
                     send, 413, f"request body of {size} bytes exceeds the limit of {limit} bytes", close=True
                 )
@@ -177,6 +179,8 @@ class RequestGuard:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    if message.get("more_body", False):
+                        await _discard_body(receive)
                     # FastAPI lets an HTTPException raised while reading the body through unchanged.
                     raise HTTPException(413, f"request body exceeds the limit of {limit} bytes")
             return message
@@ -218,6 +222,38 @@ class RequestGuard:
         if origin.lower().rstrip("/") != own:
             return f"cross-origin request from {origin} refused; this server answers {own} only"
         return None
+
+
+# How much of a refused body is read and thrown away before the error response goes out.
+DISCARD_BYTES = 64 * 1024 * 1024
+DISCARD_SECONDS = 2.0
+
+
+async def _discard_body(receive: Receive) -> None:
+    """Read and drop the rest of a refused request body, within a byte and a time budget.
+
+    A client still sending its body when the server answers and closes gets a connection reset,
+    which can destroy the answer in flight (seen with httpx and a 30 MB body): it then sees
+    "peer closed connection" instead of 413. Reading the rest first lets the answer arrive.
+    Nothing is buffered or parsed, and each read yields to the event loop; a body beyond the
+    budget (or a client that stalls) is cut off with the connection, as before.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DISCARD_SECONDS
+    discarded = 0
+    while discarded < DISCARD_BYTES:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return
+        try:
+            message = await asyncio.wait_for(receive(), timeout=remaining)
+        except asyncio.TimeoutError:
+            return
+        if message["type"] != "http.request":
+            return
+        discarded += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
 
 
 async def _redirect_with_cookie(send: Send, token: str) -> None:
