@@ -64,7 +64,7 @@ class SamPredictor:
         self.features: Tensor | None = None
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
-        self._cache: ImageSideCache | HQImageCache | None = None
+        self._cache: ImageSideCache | HQImageCache | Sam2ImageCache | None = None
         # Per image of set_image_batch: (features, decoder cache, original size, input size).
         self._batch: list[tuple[Tensor, Any, tuple[int, int], tuple[int, int]]] = []
 
@@ -125,6 +125,16 @@ class SamPredictor:
         self._require_image()
         assert self.features is not None
         return self.features
+
+    @property
+    def decoder_cache(self) -> ImageSideCache | HQImageCache | Sam2ImageCache | None:
+        """The current image's per-image decoder state besides the embedding (what
+        ``model.encode_for_decoding`` returned): prompt-independent transformer work for SAM 1,
+        plus the HQ features (HQ-SAM) or the high-resolution levels (SAM 2). None without an image.
+
+        Read-only for callers that decode on their own, such as segment-everything.
+        """
+        return self._cache
 
     @property
     def hq_features(self) -> Tensor | None:

@@ -49,6 +49,7 @@ __all__ = [
     "CHECKPOINTS",
     "cache_dir",
     "checkpoint_url",
+    "url_override_variable",
     "download_checkpoint",
     "resolve_checkpoint",
     "read_state_dict",
@@ -186,8 +187,9 @@ def _checkpoint_dir() -> Path:
 def checkpoint_url(variant: str) -> str:
     """Download URL of a variant's official checkpoint.
 
-    Overrides, first match wins: ``SAMKIT_URL_<VARIANT>`` (e.g. ``SAMKIT_URL_VIT_B``, a full
-    URL for that one file), then ``SAMKIT_DOWNLOAD_BASE`` (a mirror; the official file name
+    Overrides, first match wins: ``SAMKIT_URL_<VARIANT>`` (e.g. ``SAMKIT_URL_VIT_B`` or
+    ``SAMKIT_URL_SAM2_1_HIERA_B_PLUS``, see :func:`url_override_variable`; a full URL for that
+    one file), then ``SAMKIT_DOWNLOAD_BASE`` (a mirror; the official file name
     is appended), then the official URL.
 
     Args:
@@ -200,13 +202,25 @@ def checkpoint_url(variant: str) -> str:
         CheckpointError: The variant is unknown.
     """
     info = _info(variant)
-    full = os.environ.get(f"SAMKIT_URL_{variant.upper()}")
+    full = os.environ.get(url_override_variable(variant))
     if full:
         return full
     base = os.environ.get("SAMKIT_DOWNLOAD_BASE")
     if base:
         return base.rstrip("/") + "/" + info.filename
     return info.url
+
+
+def url_override_variable(variant: str) -> str:
+    """Name of the environment variable that overrides one variant's download URL.
+
+    Shells only allow letters, digits and ``_`` in names: ``+`` becomes ``_PLUS`` and every
+    other character outside ``[A-Za-z0-9_]`` becomes ``_``; letters are upper-cased.
+
+    Example: ``"vit_b"`` -> ``SAMKIT_URL_VIT_B``, ``"sam2.1_hiera_b+"`` -> ``SAMKIT_URL_SAM2_1_HIERA_B_PLUS``.
+    """
+    name = re.sub(r"[^A-Za-z0-9_]", "_", variant.replace("+", "_PLUS"))
+    return "SAMKIT_URL_" + name.upper()
 
 
 # --------------------------------------------------------------------------- hashing
@@ -396,10 +410,11 @@ def download_checkpoint(
         try:
             actual_sha, actual_size = _stream_to(source, fd, progress=progress, label=info.filename)
         except CheckpointError as e:
+            checked = "its sha256 is checked on first use" if expected_sha else "no sha256 is published for it"
             raise CheckpointError(
-                f"{e}; offline? fetch that file by other means and put it at {target} (its sha256 is "
-                "checked on first use), or point SAMKIT_DOWNLOAD_BASE at a reachable mirror; the model "
-                "commands also take a local file (--checkpoint PATH, or build_sam(variant, checkpoint=PATH))"
+                f"{e}; offline? fetch that file by other means and put it at {target} ({checked}), "
+                f"or point {url_override_variable(variant)} or SAMKIT_DOWNLOAD_BASE at a reachable mirror; "
+                "the model commands also take a local file (--checkpoint PATH, or build_sam(variant, checkpoint=PATH))"
             ) from None
         finally:
             os.close(fd)

@@ -58,6 +58,13 @@ def test_download_offline_names_the_cache_file_and_takes_a_file_put_there(
     target = home / "checkpoints" / weights.CHECKPOINTS["vit_t"].filename
     assert str(target) in err and "\n" not in err
     assert "pass a local file instead" not in err
+    assert "sha256 is checked on first use" in err and "SAMKIT_URL_VIT_T" in err
+
+    # A file with no published digest is not promised a check it will not get.
+    assert main(["download", "hq_vit_tiny", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no sha256 is published" in err and "checked on first use" not in err
+    assert "SAMKIT_URL_HQ_VIT_TINY" in err
 
     # A file fetched by other means and put there is taken (after its sha256 is checked).
     content = b"stand-in for the checkpoint"

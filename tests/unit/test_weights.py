@@ -77,7 +77,7 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     for name in ("SAMKIT_HOME", "XDG_CACHE_HOME", "SAMKIT_DOWNLOAD_BASE"):
         monkeypatch.delenv(name, raising=False)
     for variant in CHECKPOINTS:
-        monkeypatch.delenv(f"SAMKIT_URL_{variant.upper()}", raising=False)
+        monkeypatch.delenv(weights.url_override_variable(variant), raising=False)
     home = tmp_path / "samkit_home"
     monkeypatch.setenv("SAMKIT_HOME", str(home))
     return home
@@ -125,6 +125,19 @@ def test_checkpoint_url_overrides(env: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert checkpoint_url("vit_b") == "http://mirror.example/sam/sam_vit_b_01ec64.pth"
     with pytest.raises(CheckpointError, match="unknown variant 'vit_x'.*vit_b"):
         checkpoint_url("vit_x")
+
+
+def test_url_override_variable_is_a_shell_name_for_every_variant(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert weights.url_override_variable("vit_b") == "SAMKIT_URL_VIT_B"
+    assert weights.url_override_variable("sam2.1_hiera_b+") == "SAMKIT_URL_SAM2_1_HIERA_B_PLUS"
+    assert weights.url_override_variable("sam2.1_hiera_b") != weights.url_override_variable("sam2.1_hiera_b+")
+    names = {weights.url_override_variable(v) for v in CHECKPOINTS}
+    assert len(names) == len(CHECKPOINTS)  # one variable per variant
+    for name in names:
+        assert name.replace("_", "").isalnum() and name.isupper()
+    monkeypatch.setenv("SAMKIT_URL_SAM2_1_HIERA_B_PLUS", "http://mirror.example/b_plus.pt")
+    assert checkpoint_url("sam2.1_hiera_b+") == "http://mirror.example/b_plus.pt"
+    assert checkpoint_url("sam2_hiera_b+") == CHECKPOINTS["sam2_hiera_b+"].url
 
 
 # --------------------------------------------------------------------------- download

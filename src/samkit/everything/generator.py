@@ -300,21 +300,21 @@ class SamAutomaticMaskGenerator:
         assert predictor.features is not None and predictor.input_size is not None
         decoder: PointDecoder | HQPointDecoder | Sam2PointDecoder
         if isinstance(predictor.model, Sam2):  # SAM 2: three masks per point, stretched framing
-            assert isinstance(predictor._cache, Sam2ImageCache)
+            assert isinstance(predictor.decoder_cache, Sam2ImageCache)
             decoder = Sam2PointDecoder(
                 predictor.model,
                 predictor.features,
-                predictor._cache,
+                predictor.decoder_cache,
                 multimask_output=self.multimask_output,
                 refine=self.use_m2m,
             )
         elif isinstance(predictor.model, HQSam):  # one mask per point (best SAM mask + HQ mask)
-            assert isinstance(predictor._cache, HQImageCache)
+            assert isinstance(predictor.decoder_cache, HQImageCache)
             decoder = HQPointDecoder(
-                predictor.model, predictor.features, predictor._cache, multimask_output=self._multimask_output
+                predictor.model, predictor.features, predictor.decoder_cache, multimask_output=self._multimask_output
             )
         else:
-            decoder = PointDecoder(predictor.model, predictor.features, predictor._cache)  # type: ignore[arg-type]
+            decoder = PointDecoder(predictor.model, predictor.features, predictor.decoder_cache)  # type: ignore[arg-type]
         input_size = predictor.input_size
 
         points = self.point_grids[layer] * np.array(crop_size, dtype=np.int64)[None, ::-1]  # (P, 2) x, y pixels
