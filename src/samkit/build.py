@@ -12,7 +12,8 @@ from .config import VARIANTS, HQSamConfig, SamConfig, get_config
 from .modeling import Sam
 from .build_sam2 import build_sam2_model, is_sam2_variant
 from .modeling.hq_sam import HQSam
-from .weights import load_state_dict_strict, read_state_dict, resolve_checkpoint
+from .downloads import resolve_checkpoint
+from .weights import load_state_dict_strict, read_state_dict
 
 __all__ = ["build_sam", "sam_model_registry", "SUPPORTED_DTYPES"]
 

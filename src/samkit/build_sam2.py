@@ -18,7 +18,8 @@ import torch
 
 from .config_sam2 import SAM2_VARIANTS, SAM2_VIDEO_ONLY_PREFIXES, Sam2Config
 from .modeling.sam2 import Sam2
-from .weights import CheckpointError, load_state_dict_strict, read_state_dict, resolve_checkpoint
+from .downloads import resolve_checkpoint
+from .weights import CheckpointError, load_state_dict_strict, read_state_dict
 
 __all__ = ["is_sam2_variant", "get_sam2_config", "build_sam2_model"]
 

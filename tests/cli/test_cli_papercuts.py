@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from samkit import weights
+from samkit import downloads
 from samkit.cli import main
 from samkit.progress import LineProgress, make_progress
 
@@ -55,7 +55,7 @@ def test_download_offline_names_the_cache_file_and_takes_a_file_put_there(
     http_file_server.stop()  # offline
     assert main(["download", "vit_t", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
-    target = home / "checkpoints" / weights.CHECKPOINTS["vit_t"].filename
+    target = home / "checkpoints" / downloads.CHECKPOINTS["vit_t"].filename
     assert str(target) in err and "\n" not in err
     assert "pass a local file instead" not in err
     assert "sha256 is checked on first use" in err and "SAMKIT_URL_VIT_T" in err
@@ -71,9 +71,9 @@ def test_download_offline_names_the_cache_file_and_takes_a_file_put_there(
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(content)
     info = dataclasses.replace(
-        weights.CHECKPOINTS["vit_t"], sha256=hashlib.sha256(content).hexdigest(), size_bytes=len(content)
+        downloads.CHECKPOINTS["vit_t"], sha256=hashlib.sha256(content).hexdigest(), size_bytes=len(content)
     )
-    monkeypatch.setitem(weights.CHECKPOINTS, "vit_t", info)
+    monkeypatch.setitem(downloads.CHECKPOINTS, "vit_t", info)
     assert main(["download", "vit_t", "--no-progress"]) == 0
     assert str(target) in capsys.readouterr().out
 

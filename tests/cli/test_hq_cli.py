@@ -58,7 +58,7 @@ def test_download_hq_checkpoint(http_file_server, tmp_path, monkeypatch, caplog)
     (http_file_server.root / "sam_hq_vit_b.pth").write_bytes(payload)
     monkeypatch.setenv("SAMKIT_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("SAMKIT_DOWNLOAD_BASE", http_file_server.url)
-    with caplog.at_level(logging.WARNING, logger="samkit.weights"):
+    with caplog.at_level(logging.WARNING, logger="samkit.downloads"):
         assert main(["download", "hq_vit_b", "--no-progress"]) == 0
     cached = tmp_path / "home" / "checkpoints" / "sam_hq_vit_b.pth"
     assert cached.read_bytes() == payload

@@ -1,4 +1,4 @@
-"""Tests for samkit.weights: table, cache, download, safe reading, strict loading."""
+"""Tests for samkit.downloads (table, cache, download) and samkit.weights (safe reading, strict loading)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from samkit import weights
+from samkit import downloads, weights
 from samkit.weights import (
     CHECKPOINTS,
     CheckpointError,
@@ -77,7 +77,7 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     for name in ("SAMKIT_HOME", "XDG_CACHE_HOME", "SAMKIT_DOWNLOAD_BASE"):
         monkeypatch.delenv(name, raising=False)
     for variant in CHECKPOINTS:
-        monkeypatch.delenv(weights.url_override_variable(variant), raising=False)
+        monkeypatch.delenv(downloads.url_override_variable(variant), raising=False)
     home = tmp_path / "samkit_home"
     monkeypatch.setenv("SAMKIT_HOME", str(home))
     return home
@@ -128,10 +128,10 @@ def test_checkpoint_url_overrides(env: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_url_override_variable_is_a_shell_name_for_every_variant(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert weights.url_override_variable("vit_b") == "SAMKIT_URL_VIT_B"
-    assert weights.url_override_variable("sam2.1_hiera_b+") == "SAMKIT_URL_SAM2_1_HIERA_B_PLUS"
-    assert weights.url_override_variable("sam2.1_hiera_b") != weights.url_override_variable("sam2.1_hiera_b+")
-    names = {weights.url_override_variable(v) for v in CHECKPOINTS}
+    assert downloads.url_override_variable("vit_b") == "SAMKIT_URL_VIT_B"
+    assert downloads.url_override_variable("sam2.1_hiera_b+") == "SAMKIT_URL_SAM2_1_HIERA_B_PLUS"
+    assert downloads.url_override_variable("sam2.1_hiera_b") != downloads.url_override_variable("sam2.1_hiera_b+")
+    names = {downloads.url_override_variable(v) for v in CHECKPOINTS}
     assert len(names) == len(CHECKPOINTS)  # one variable per variant
     for name in names:
         assert name.replace("_", "").isalnum() and name.isupper()
@@ -195,7 +195,7 @@ def test_download_table_size_mismatch(env: Path, http_file_server, tmp_path: Pat
 
 def test_download_without_digest_warns(env: Path, http_file_server, tmp_path: Path, caplog) -> None:
     (http_file_server.root / "f.bin").write_bytes(b"abc")
-    with caplog.at_level(logging.WARNING, logger="samkit.weights"):
+    with caplog.at_level(logging.WARNING, logger="samkit.downloads"):
         path = download_checkpoint(
             "vit_l",
             directory=tmp_path / "c",
@@ -234,7 +234,7 @@ def test_short_read_is_a_failed_download(env: Path, tmp_path: Path, monkeypatch)
         def __exit__(self, *exc: object) -> None:
             return None
 
-    monkeypatch.setattr(weights.urllib.request, "urlopen", lambda *a, **k: ShortResponse())
+    monkeypatch.setattr(downloads.urllib.request, "urlopen", lambda *a, **k: ShortResponse())
     with pytest.raises(CheckpointError, match="closed after 10 of 100 bytes"):
         download_checkpoint("vit_b", directory=tmp_path / "c", progress=False, sha256=None)
     assert _leftovers(tmp_path / "c") == []
@@ -288,8 +288,8 @@ def test_cached_file_reused_without_network(env: Path, http_file_server, monkeyp
     first = download_checkpoint("vit_b", progress=False, sha256=_sha(data))
     http_file_server.stop()
     calls: list[Path] = []
-    real_hash = weights._sha256_file
-    monkeypatch.setattr(weights, "_sha256_file", lambda p: calls.append(p) or real_hash(p))
+    real_hash = downloads._sha256_file
+    monkeypatch.setattr(downloads, "_sha256_file", lambda p: calls.append(p) or real_hash(p))
     second = download_checkpoint("vit_b", progress=False, sha256=_sha(data))
     assert second == first and second.read_bytes() == data
     assert calls == []  # the marker spared a rehash
@@ -308,8 +308,8 @@ def test_cached_file_without_marker_is_hashed_once(env: Path, tmp_path: Path, mo
     directory.mkdir()
     (directory / "mobile_sam.pt").write_bytes(data)
     calls: list[Path] = []
-    real_hash = weights._sha256_file
-    monkeypatch.setattr(weights, "_sha256_file", lambda p: calls.append(p) or real_hash(p))
+    real_hash = downloads._sha256_file
+    monkeypatch.setattr(downloads, "_sha256_file", lambda p: calls.append(p) or real_hash(p))
     for _ in range(3):
         path = download_checkpoint(
             "vit_t", directory=directory, sha256=_sha(data), url="http://127.0.0.1:9/x"

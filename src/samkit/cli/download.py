@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run(args: argparse.Namespace) -> int:
     """Download each requested variant; print the path of each file."""
-    from ..weights import CHECKPOINTS, download_checkpoint
+    from ..downloads import CHECKPOINTS, download_checkpoint
     from . import UserError
 
     variants = args.variants or ["vit_b"]
