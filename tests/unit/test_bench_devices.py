@@ -90,7 +90,7 @@ def test_peak_memory_and_sync_on_cuda_measure_cuda(cuda_that_must_not_be_touched
     assert calls == ["synchronize", "reset_peak_memory_stats", "memory_allocated", "synchronize", "max_memory_allocated"]
     assert peak["peak_mb"] == 0
     calls.clear()
-    benchmark._sync("cuda")
+    benchmark.harness.sync_bench_device("cuda")
     assert calls == ["synchronize"]
 
 
