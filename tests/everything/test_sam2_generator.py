@@ -98,3 +98,17 @@ def test_sam21_hiera_t_every_candidate(tmp_path: Path, extra: dict[str, Any], co
         return logits[int(np.argmin(np.abs(scores - ref["predicted_iou"])))]
 
     assert_records_match(ours, official, logits_of, threshold)
+
+
+def test_default_iou_threshold_follows_the_model_family() -> None:
+    """Unset, pred_iou_thresh is each official generator's default (sam2: 0.8, segment-anything: 0.88)."""
+    from samkit.build_sam2 import get_sam2_config
+    from samkit.modeling.sam2 import Sam2
+
+    sam2_model = Sam2(get_sam2_config("sam2.1_hiera_t"))
+    assert SamAutomaticMaskGenerator(sam2_model).pred_iou_thresh == 0.8
+    assert SamAutomaticMaskGenerator(sam2_model, pred_iou_thresh=0.88).pred_iou_thresh == 0.88
+    from samkit.config import get_config
+    from samkit.modeling import Sam
+
+    assert SamAutomaticMaskGenerator(Sam(get_config("vit_t"))).pred_iou_thresh == 0.88

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 _GENERATOR_OPTIONS: dict[str, tuple[str, type, Any]] = {
     "--points-per-side": ("points_per_side", int, 32),
     "--points-per-batch": ("points_per_batch", int, 64),
-    "--pred-iou-thresh": ("pred_iou_thresh", float, 0.88),
+    "--pred-iou-thresh": ("pred_iou_thresh", float, None),  # None: the model family's official default
     "--stability-score-thresh": ("stability_score_thresh", float, 0.95),
     "--box-nms-thresh": ("box_nms_thresh", float, 0.7),
     "--crop-n-layers": ("crop_n_layers", int, 0),
@@ -57,7 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--overlay", action="store_true", help="also write OUT/<image>/overlay.png with all masks")
     group = parser.add_argument_group("mask generation")
     for option, (_, kind, default) in _GENERATOR_OPTIONS.items():
-        group.add_argument(option, type=kind, default=default, help=f"(default {default})")
+        shown = default if default is not None else "0.88; 0.8 for SAM 2.x models, as their official generators"
+        group.add_argument(option, type=kind, default=default, help=f"(default {shown})")
     add_model_args(parser, sam2=True)
     add_engine_args(parser)  # also --threads and --no-progress
     parser.set_defaults(func=run)

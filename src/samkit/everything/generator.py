@@ -54,11 +54,14 @@ from .records import MaskSet
 from .regions import remove_small_regions
 from .rle import counts_to_string, encode_fortran, rle_to_mask
 
-__all__ = ["SamAutomaticMaskGenerator", "OUTPUT_MODES"]
+__all__ = ["SamAutomaticMaskGenerator", "OUTPUT_MODES", "SAM_PRED_IOU_THRESH", "SAM2_PRED_IOU_THRESH"]
 
 logger = logging.getLogger(__name__)
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle", "polygons")
+# The official generators' default predicted-IoU thresholds: segment-anything's and sam2's.
+SAM_PRED_IOU_THRESH = 0.88
+SAM2_PRED_IOU_THRESH = 0.8
 
 
 def _count_above(logits: Tensor, thresholds: tuple[float, float]) -> tuple[Tensor, Tensor]:
@@ -121,7 +124,8 @@ class SamAutomaticMaskGenerator:
             None when ``point_grids`` is given.
         points_per_batch: prompts decoded together; bounds the peak memory.
         pred_iou_thresh: keep masks whose predicted IoU is above this (<= 0 disables the
-            filter, as in the official generator).
+            filter, as in the official generator). None: each family's official default,
+            0.88 for SAM 1 / MobileSAM / HQ-SAM and 0.8 for SAM 2.x (its official generator's).
         stability_score_thresh: keep masks whose stability score is at least this (<= 0
             disables the filter, as in the official generator).
         stability_score_offset: logit offset of the stability score's two thresholds.
@@ -156,7 +160,7 @@ class SamAutomaticMaskGenerator:
         model: Sam,
         points_per_side: int | None = 32,
         points_per_batch: int = 64,
-        pred_iou_thresh: float = 0.88,
+        pred_iou_thresh: float | None = None,
         stability_score_thresh: float = 0.95,
         stability_score_offset: float = 1.0,
         box_nms_thresh: float = 0.7,
@@ -191,6 +195,8 @@ class SamAutomaticMaskGenerator:
         self.points_per_batch = _check_int("points_per_batch", points_per_batch, 1)
         # Any finite value, as the official generator takes them: <= 0 turns the filter off;
         # above 1 is legal too (predicted IoUs can exceed 1; no stability score does).
+        if pred_iou_thresh is None:
+            pred_iou_thresh = SAM2_PRED_IOU_THRESH if isinstance(model, Sam2) else SAM_PRED_IOU_THRESH
         self.pred_iou_thresh = _check_real("pred_iou_thresh", pred_iou_thresh, -math.inf, math.inf)
         self.stability_score_thresh = _check_real("stability_score_thresh", stability_score_thresh, -math.inf, math.inf)
         self.stability_score_offset = _check_real("stability_score_offset", stability_score_offset, 0.0, math.inf)
