@@ -274,3 +274,91 @@ def test_segment_everything_button(browser, live_server, tmp_path: Path) -> None
     page.keyboard.press("Backspace")
     assert page.inner_text("#object-count") == "0"
     page.close()
+
+
+def _yolo_mask(line: str) -> tuple[int, np.ndarray]:
+    """A YOLO-seg line -> (class index, (H, W) bool: its polygon filled as cv2.fillPoly does)."""
+    import cv2
+
+    values = line.split()
+    coords = np.array([float(v) for v in values[1:]]).reshape(-1, 2)  # (K, 2) normalized x, y
+    assert ((coords >= 0) & (coords <= 1)).all()
+    canvas = np.zeros((H, W), dtype=np.uint8)
+    cv2.fillPoly(canvas, [np.round(coords * [W, H]).astype(np.int32)], 1)
+    return int(values[0]), canvas.astype(bool)
+
+
+def test_label_two_objects_with_categories_and_export_coco_and_yolo(browser, live_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    _open(page, live_server, tmp_path, seed=25)
+    assert page.input_value("#category") == "object"  # the default category
+
+    # Object 1: "cat", accepted with Enter on the image.
+    page.fill("#category", "cat")
+    first = _click_and_wait(page, 60, 45)
+    cat_mask = _masks(first["body"])[int(np.argmax(first["body"]["scores"]))]
+    page.keyboard.press("Enter")
+    # Object 2: a typo, accepted with Enter in the category box; the box keeps the name for the next object.
+    page.fill("#category", "dgo")
+    second = _click_and_wait(page, 190, 125)
+    dog_mask = _masks(second["body"])[int(np.argmax(second["body"]["scores"]))]
+    page.press("#category", "Enter")
+    assert page.inner_text("#object-count") == "2"
+    assert page.input_value("#category") == "dgo"
+    object_inputs = page.locator("#objects li input.category")
+    assert [object_inputs.nth(i).input_value() for i in range(2)] == ["cat", "dgo"]
+    # Fixed on the object itself: the unused typo leaves the category list.
+    object_inputs.nth(1).fill("dog")
+    object_inputs.nth(1).press("Enter")
+    assert page.evaluate("window.samkit.state.objects.map((o) => o.category)") == ["cat", "dog"]
+    options = page.eval_on_selector_all("#category-names option", "(os) => os.map((o) => o.value)")
+    assert options == ["cat", "dog"]
+
+    # COCO: the user's categories, each annotation's category_id, the masks.
+    with page.expect_download() as download_info:
+        page.click("#export-coco-btn")
+    assert download_info.value.suggested_filename == "picture25_coco.json"
+    coco_path = tmp_path / "labels_coco.json"
+    download_info.value.save_as(coco_path)
+    coco = COCO(str(coco_path))
+    assert coco.loadCats(coco.getCatIds()) == [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]
+    annotations = coco.loadAnns(coco.getAnnIds())
+    assert [a["category_id"] for a in annotations] == [1, 2]
+    for annotation, mask in zip(annotations, (cat_mask, dog_mask)):
+        np.testing.assert_array_equal(coco.annToMask(annotation).astype(bool), mask)
+        assert annotation["area"] == int(mask.sum())
+    assert coco.loadImgs(annotations[0]["image_id"])[0]["file_name"] == "picture25.png"
+
+    # YOLO-seg: classes in the same order, one normalized polygon per object.
+    with page.expect_download() as download_info:
+        page.click("#export-yolo-btn")
+    assert download_info.value.suggested_filename == "picture25_yolo.zip"
+    zip_path = tmp_path / "labels_yolo.zip"
+    download_info.value.save_as(zip_path)
+    with zipfile.ZipFile(zip_path) as archive:
+        assert sorted(archive.namelist()) == ["classes.txt", "labels/picture25.txt"]
+        assert archive.read("classes.txt").decode() == "cat\ndog\n"
+        lines = archive.read("labels/picture25.txt").decode().splitlines()
+    assert len(lines) == 2
+    for line, (index, mask) in zip(lines, enumerate((cat_mask, dog_mask))):
+        got_index, polygon_mask = _yolo_mask(line)
+        assert got_index == index
+        assert (polygon_mask & mask).sum() / (polygon_mask | mask).sum() >= 0.9
+
+    # The categories stay with the tab: the next image offers them and numbers them the same,
+    # also after a reload of the page.
+    before = page.evaluate("document.body.dataset.imageId")
+    next_image = tmp_path / "next.png"
+    next_image.write_bytes(image_bytes(W, H, seed=26))
+    page.set_input_files("#file-input", str(next_image))
+    page.wait_for_function(f"document.body.dataset.imageId && document.body.dataset.imageId !== '{before}'")
+    assert page.inner_text("#object-count") == "0"
+    assert page.input_value("#category") == "dgo"  # what was typed last, unchanged
+    assert page.evaluate("window.samkit.state.categories") == ["cat", "dog"]
+    page.reload()
+    page.wait_for_function("document.getElementById('category-names').options.length === 2")
+    assert page.evaluate("window.samkit.state.categories") == ["cat", "dog"]
+    assert errors == []
+    page.close()

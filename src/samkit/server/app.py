@@ -10,7 +10,13 @@ Endpoints (OpenAPI schema at ``/openapi.json``, interactive docs at ``/docs``):
 ``GET  /api/images/{id}/preview``           the decoded image as JPEG (for TIFF, 16-bit, ...)
 ``POST /api/images/{id}/predict``           prompts -> candidate masks + scores
 ``POST /api/images/{id}/everything``        segment everything -> RLE masks
+``POST /api/export/coco``                   labelled objects (multipart ``annotations`` part, JSON)
+                                            -> COCO instance segmentation JSON
+``POST /api/export/yolo``                   the same -> zip of YOLO-seg ``classes.txt`` + labels
 ==========================================  =================================================
+
+The exports carry the masks of a whole image, so they travel like uploads (multipart, under the
+upload's size limit) instead of as JSON bodies, whose limit is sized for prompts.
 
 Every error is ``{"error": "..."}`` with a 4xx/5xx status.
 """
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,16 +34,19 @@ from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..modeling import Sam
+from .export import ExportFormat
 from .guards import DEFAULT_MAX_CONCURRENT_UPLOADS, DEFAULT_MAX_JSON_BYTES, RequestGuard
 from .limits import BodySizeLimit, HostCheck
 from .schemas import (
     ErrorResponse,
     EverythingRequest,
     EverythingResponse,
+    ExportRequest,
     HealthResponse,
     ImageResponse,
     PredictRequest,
@@ -47,6 +57,7 @@ from .service import (
     DEFAULT_LOGITS_CACHE_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
     DEFAULT_MAX_UPLOAD_BYTES,
+    PayloadTooLarge,
     SegmentationService,
     ServiceError,
 )
@@ -59,13 +70,18 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 # Multipart framing around the file (boundaries, part headers) on top of max_upload_bytes.
 _MULTIPART_SLACK = 64 * 1024
+# Paths that take multipart bodies: the image upload and the exports (masks of a whole image).
+_EXPORT_PATHS = {"coco": "/api/export/coco", "yolo": "/api/export/yolo"}
+_UPLOAD_PATHS = ("/api/images", *_EXPORT_PATHS.values())
+MAX_EXPORT_BYTES = 16 * 1024 * 1024  # the annotations document of one export
+_ANNOTATIONS_PART = "The objects of one image: a JSON document (samkit.server.schemas.ExportRequest)."
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422, 501, 503)
 }
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
+def _validation_message(exc: RequestValidationError | ValidationError) -> tuple[int, str]:
     """(status, one-line message) for a request FastAPI could not parse or validate."""
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
@@ -143,7 +159,11 @@ def create_app(
     app.state.service = service
     app.add_middleware(BodySizeLimit, max_body_bytes=max_upload_bytes + _MULTIPART_SLACK)
     app.add_middleware(
-        RequestGuard, token=token, max_json_bytes=max_json_bytes, max_concurrent_uploads=max_concurrent_uploads
+        RequestGuard,
+        token=token,
+        max_json_bytes=max_json_bytes,
+        upload_paths=_UPLOAD_PATHS,
+        max_concurrent_uploads=max_concurrent_uploads,
     )  # runs before BodySizeLimit
     if allowed_hosts is not None:
         app.add_middleware(HostCheck, allowed_hosts=list(allowed_hosts))  # outermost: checked first
@@ -224,6 +244,7 @@ def create_app(
             mask_input_id=body.mask_input_id,
             multimask=body.multimask,
             output_format=body.format,
+            hq_token_only=body.hq_token_only,
         )
         timing = result.pop("timing")
         server_timing = f"decode;dur={timing['decode_ms']:.1f}, encode;dur={timing['encode_ms']:.1f}"
@@ -236,5 +257,37 @@ def create_app(
         result = await service.everything(image_id, options)
         timing = result.pop("timing")
         return JSONResponse(result, headers={"Server-Timing": f"everything;dur={timing['everything_ms']:.1f}"})
+
+    async def export(export_format: ExportFormat, annotations: UploadFile) -> Response:
+        data = await annotations.read(MAX_EXPORT_BYTES + 1)
+        if len(data) > MAX_EXPORT_BYTES:
+            raise PayloadTooLarge(f"annotations: more than {MAX_EXPORT_BYTES} bytes; export fewer objects at once")
+        try:
+            request = ExportRequest.model_validate_json(data)
+        except ValidationError as exc:
+            status, message = _validation_message(exc)
+            return JSONResponse({"error": f"annotations: {message}"}, status_code=status)
+        content, media_type, file_name = await service.export(request, export_format)
+        shown = re.sub(r"[^A-Za-z0-9._-]", "_", file_name)
+        disposition = f'attachment; filename="{shown}"'
+        return Response(content, media_type=media_type, headers={"Content-Disposition": disposition})
+
+    @app.post(
+        _EXPORT_PATHS["coco"],
+        response_class=Response,
+        responses={200: {"content": {"application/json": {}}}, **_ERRORS},
+    )
+    async def export_coco(annotations: Annotated[UploadFile, File(description=_ANNOTATIONS_PART)]) -> Response:
+        """Labelled objects -> COCO instance segmentation (categories, RLE or polygons, area, bbox)."""
+        return await export("coco", annotations)
+
+    @app.post(
+        _EXPORT_PATHS["yolo"],
+        response_class=Response,
+        responses={200: {"content": {"application/zip": {}}}, **_ERRORS},
+    )
+    async def export_yolo(annotations: Annotated[UploadFile, File(description=_ANNOTATIONS_PART)]) -> Response:
+        """Labelled objects -> zip of YOLO-seg ``classes.txt`` and ``labels/<image stem>.txt`` (normalized polygons)."""
+        return await export("yolo", annotations)
 
     return app

@@ -16,9 +16,19 @@ __all__ = [
     "EverythingRequest",
     "EverythingMask",
     "EverythingResponse",
+    "ExportObject",
+    "ExportRequest",
+    "MAX_EXPORT_OBJECTS",
+    "MAX_CATEGORIES",
 ]
 
 Coordinate = Annotated[float, Field(allow_inf_nan=False)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+MAX_EXPORT_OBJECTS = 5000
+MAX_CATEGORIES = 1000
+MAX_PROMPT_POINTS = 256  # as many as a predict takes (service.MAX_POINTS)
+CategoryName = Annotated[str, Field(min_length=1, max_length=200)]
 
 
 class ErrorResponse(BaseModel):
@@ -32,6 +42,10 @@ class HealthResponse(BaseModel):
 
     status: Literal["ok"]
     model: str
+    model_family: Literal["sam", "hq_sam", "sam2"] = Field(
+        description="sam: SAM 1 / MobileSAM (3 candidate masks); hq_sam: HQ-SAM (1 mask, predict takes "
+        "hq_token_only); sam2: SAM 2 / 2.1 (3 candidate masks)."
+    )
     dtype: str
     device: str
     cached_images: int
@@ -74,7 +88,12 @@ class PredictRequest(BaseModel):
         description="A logits_ids entry of an earlier prediction on this image: its low-res logits are "
         "fed back as the previous mask (iterative refinement).",
     )
-    multimask: bool = Field(default=True, description="Return 3 candidate masks instead of 1.")
+    multimask: bool = Field(default=True, description="Return 3 candidate masks instead of 1 (HQ-SAM: 1 either way).")
+    hq_token_only: bool = Field(
+        default=False,
+        description="HQ-SAM models only (health's model_family 'hq_sam'): the HQ token's mask alone, without "
+        "SAM's own mask added (the official option of that name); true with another model is refused (422).",
+    )
     format: Literal["png", "rle", "outlined_png"] = Field(
         default="png",
         description="png: per mask a base64 1-bit PNG (white object, background black and marked transparent "
@@ -128,3 +147,45 @@ class EverythingResponse(BaseModel):
     width: int
     height: int
     masks: list[EverythingMask]
+
+
+class ExportObject(BaseModel):
+    """One labelled object of an export."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    segmentation: RLE = Field(description="The object's mask; its size must be the export's [height, width].")
+    category: CategoryName = Field(description="The object's category: one of the export's categories.")
+    score: Finite | None = Field(default=None, description="SAM's predicted IoU (COCO predicted_iou).")
+    point_coords: list[tuple[Coordinate, Coordinate]] = Field(
+        default_factory=list, max_length=MAX_PROMPT_POINTS, description="The prompt points [[x, y], ...], kept in COCO."
+    )
+    point_labels: list[int] = Field(default_factory=list, max_length=MAX_PROMPT_POINTS)
+    box: tuple[Coordinate, Coordinate, Coordinate, Coordinate] | None = Field(
+        default=None, description="The prompt box [x0, y0, x1, y1] (COCO prompt_box)."
+    )
+
+
+class ExportRequest(BaseModel):
+    """The objects of one image, sent (as the ``annotations`` part of a multipart form) to
+    ``POST /api/export/coco`` or ``/api/export/yolo``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file_name: str = Field(
+        default="image.png",
+        min_length=1,
+        max_length=255,
+        description="The image's file name (COCO file_name; the YOLO label file is named after it). "
+        "Only the last path component is used.",
+    )
+    width: int = Field(ge=1, description="Image width W.")
+    height: int = Field(ge=1, description="Image height H.")
+    categories: list[CategoryName] = Field(
+        default_factory=list,
+        max_length=MAX_CATEGORIES,
+        description="Category names in order: COCO ids 1, 2, ... and YOLO class indices 0, 1, ... follow it, so "
+        "send the same list for every image of a data set. Empty: the objects' categories in order of first use.",
+    )
+    objects: list[ExportObject] = Field(max_length=MAX_EXPORT_OBJECTS)
+    polygons: bool = Field(default=False, description="COCO only: polygons instead of RLE segmentations.")

@@ -34,10 +34,13 @@ from PIL import Image, UnidentifiedImageError
 
 from ..io import ImageReadError, load_image
 from ..modeling import Sam
+from ..modeling.hq_sam import HQSam
 from ..modeling.sam2 import Sam2
 from ..predictor import SamPredictor
 from .cache import ByteLRU
 from .encoding import encode_rle, mask_to_outlined_png_base64, mask_to_png_base64
+from .export import EXPORT_PIXEL_BUDGET, ExportFormat, export_dataset
+from .schemas import ExportRequest
 
 __all__ = [
     "ServiceError",
@@ -54,6 +57,7 @@ __all__ = [
     "DEFAULT_CACHE_BYTES",
     "DEFAULT_LOGITS_CACHE_BYTES",
     "MAX_POINTS",
+    "model_family",
 ]
 
 logger = logging.getLogger(__name__)
@@ -105,6 +109,15 @@ class Unavailable(ServiceError):
     """A feature this build lacks."""
 
     status = 501
+
+
+def model_family(model: Sam | Sam2) -> Literal["sam", "hq_sam", "sam2"]:
+    """Which kind of model the app serves: "sam" (SAM 1, MobileSAM), "hq_sam" or "sam2"."""
+    if isinstance(model, HQSam):
+        return "hq_sam"
+    if isinstance(model, Sam2):
+        return "sam2"
+    return "sam"
 
 
 @dataclass
@@ -339,6 +352,7 @@ class SegmentationService:
         mask_input_id: str | None,
         multimask: bool,
         output_format: Literal["png", "rle", "outlined_png"],
+        hq_token_only: bool = False,
     ) -> dict[str, Any]:
         """Masks for prompts given in image pixels.
 
@@ -353,6 +367,8 @@ class SegmentationService:
             output_format: "png" (base64 1-bit PNG, white object on a transparent background),
                 "outlined_png" (base64 2-bit indexed PNG: 0 background, 1 interior, 2 outline)
                 or "rle" (COCO compressed RLE).
+            hq_token_only: HQ-SAM models only: the HQ token's mask alone (see
+                :meth:`samkit.SamPredictor.predict`).
 
         Returns:
             ``{"width", "height", "format", "masks", "scores", "areas", "logits_ids", "timing"}``;
@@ -361,6 +377,11 @@ class SegmentationService:
         Raises:
             NotFound, InvalidPrompt.
         """
+        if hq_token_only and not isinstance(self.model, HQSam):
+            raise InvalidPrompt(
+                "hq_token_only: only HQ-SAM models (hq_vit_*) have an HQ token; "
+                f"this server runs {self.model.config.name}"
+            )
         entry = self.get(image_id)
         coords, label_array, box_array = self._check_prompts(entry, points, labels, box)
         mask_input = None
@@ -374,8 +395,18 @@ class SegmentationService:
         if coords is None and box_array is None and mask_input is None:
             raise InvalidPrompt("give at least one point, a box or a mask_input_id")
         loop = asyncio.get_running_loop()
+        hq_options = {"hq_token_only": hq_token_only} if isinstance(self.model, HQSam) else {}
         result = await loop.run_in_executor(
-            self._light, self._predict_sync, entry, coords, label_array, box_array, mask_input, multimask, output_format
+            self._light,
+            self._predict_sync,
+            entry,
+            coords,
+            label_array,
+            box_array,
+            mask_input,
+            multimask,
+            output_format,
+            hq_options,
         )
         return result
 
@@ -419,6 +450,7 @@ class SegmentationService:
         mask_input: np.ndarray | None,
         multimask: bool,
         output_format: str,
+        hq_options: dict[str, bool],
     ) -> dict[str, Any]:
         start = time.perf_counter()
         try:
@@ -428,6 +460,7 @@ class SegmentationService:
                 box=box,
                 mask_input=mask_input,
                 multimask_output=multimask,
+                **hq_options,
             )  # (C, H, W) bool, (C,), (C, 256, 256)
         except (ValueError, TypeError) as exc:
             raise InvalidPrompt(str(exc)) from None
@@ -502,12 +535,51 @@ class SegmentationService:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._heavy, run)
 
+    # ------------------------------------------------------------------ export
+    async def export(self, request: ExportRequest, export_format: ExportFormat) -> tuple[bytes, str, str]:
+        """Write labelled objects as COCO or zipped YOLO-seg (see :mod:`samkit.server.export`).
+
+        Needs no cached image: the request carries the masks, so an evicted image still exports.
+
+        Returns:
+            (content, media type, suggested file name).
+
+        Raises:
+            PayloadTooLarge: an image over the pixel limit, or more objects x pixels than
+                :data:`samkit.server.export.EXPORT_PIXEL_BUDGET`.
+            InvalidPrompt: objects that do not fit the image or the categories.
+            Unavailable: OpenCV missing (polygons).
+        """
+        pixels = request.width * request.height
+        if pixels > self.max_image_pixels:
+            raise PayloadTooLarge(
+                f"image of {request.width}x{request.height} = {pixels} pixels exceeds the limit of "
+                f"{self.max_image_pixels} pixels"
+            )
+        if len(request.objects) * pixels > EXPORT_PIXEL_BUDGET:
+            raise PayloadTooLarge(
+                f"{len(request.objects)} objects of {request.width}x{request.height} pixels exceed what one export "
+                f"decodes ({EXPORT_PIXEL_BUDGET} pixels in all); export fewer objects at once"
+            )
+
+        def run() -> tuple[bytes, str, str]:
+            try:
+                return export_dataset(request, export_format)
+            except ValueError as exc:
+                raise InvalidPrompt(str(exc)) from None
+            except ImportError as exc:
+                raise Unavailable(str(exc)) from None
+
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._light, run)
+
     # ------------------------------------------------------------------ status
     def health(self) -> dict[str, Any]:
         """Liveness and cache figures; cheap, never touches the model."""
         return {
             "status": "ok",
             "model": self.model.config.name,
+            "model_family": model_family(self.model),
             "dtype": str(self.model.dtype).removeprefix("torch."),
             "device": str(self.model.device),
             "cached_images": len(self.images),

@@ -1,4 +1,4 @@
-// samkit interactive page: upload -> click/box prompts -> masks; objects; export.
+// samkit interactive page: upload -> click/box prompts -> masks; labelled objects; export.
 // Plain JS, no build step. Masks are Uint8Array(H*W), row-major, 1 = object.
 "use strict";
 
@@ -13,12 +13,15 @@
     acceptBtn: $("accept-btn"), undoBtn: $("undo-btn"), clearBtn: $("clear-btn"), refine: $("refine"),
     swatch: $("current-swatch"), objects: $("objects"), objectCount: $("object-count"),
     everythingBtn: $("everything-btn"), pointsPerSide: $("points-per-side"), removeAllBtn: $("remove-all-btn"),
-    exportPngBtn: $("export-png-btn"), exportCocoBtn: $("export-coco-btn"),
+    exportPngBtn: $("export-png-btn"), exportCocoBtn: $("export-coco-btn"), exportYoloBtn: $("export-yolo-btn"),
+    category: $("category"), categoryNames: $("category-names"), hqRow: $("hq-row"), hqTokenOnly: $("hq-token-only"),
   };
 
   const DRAG_THRESHOLD_PX = 5;
   const MASK_ALPHA = 130;
   const OBJECT_ALPHA = 105;
+  const DEFAULT_CATEGORY = "object";
+  const CATEGORIES_KEY = "samkit.categories"; // sessionStorage: the tab's category names
 
   const state = {
     file: null, fileName: "", imageId: null, width: 0, height: 0, bitmap: null,
@@ -26,14 +29,73 @@
     candidates: [], // [{b64, bitmap, bitmapColor, pending, mask, score, area, logitsId}]; bitmap/mask made on demand
     selected: 0,
     history: [], // undo entries of the current object
-    objects: [], // [{id, group, color, mask, area, bbox, score, points, labels, box, source}]
+    objects: [], // [{id, group, color, mask, area, bbox, score, points, labels, box, source, category}]
     nextObjectId: 1, nextGroup: 1, nextColor: 0,
     seq: 0, busy: false,
+    categories: loadCategories(), // names used in this tab, in order of first use: the export's category ids
+    categoriesKept: 0, // the first this many were used on earlier images: never dropped
+    modelFamily: "sam", // from /api/health: "sam", "hq_sam" or "sam2"
   };
+  state.categoriesKept = state.categories.length; // those of an earlier page load in this tab
   // Figures the browser tests read.
   // Read by the tests and the click-latency benchmark; phases: [request+JSON, PNG decode, draw, frame] ms per click.
   const debug = { state, predictsDrawn: 0, lastRoundTripMs: null, roundTrips: [], phases: [], shownIndex: -1 };
   window.samkit = debug;
+
+  // ------------------------------------------------------------------ categories
+  /** The tab's category names (sessionStorage: kept across reloads and images, not across tabs). */
+  function loadCategories() {
+    try {
+      const names = JSON.parse(sessionStorage.getItem(CATEGORIES_KEY) || "[]");
+      return Array.isArray(names) ? names.filter((n) => typeof n === "string" && n) : [];
+    } catch (_) {
+      return [];
+    }
+  }
+
+  function categoryName(text) {
+    return String(text || "").trim().slice(0, 200);
+  }
+
+  /** The category typed or picked for the next object. */
+  function currentCategory() {
+    return categoryName(els.category.value) || DEFAULT_CATEGORY;
+  }
+
+  function saveCategories() {
+    try { sessionStorage.setItem(CATEGORIES_KEY, JSON.stringify(state.categories)); } catch (_) { /* storage off */ }
+  }
+
+  /** Add a name to the tab's categories (once, in order of first use) and to the picker. */
+  function rememberCategory(name) {
+    if (!state.categories.includes(name)) {
+      state.categories.push(name);
+      saveCategories();
+    }
+    renderCategoryNames();
+  }
+
+  /**
+   * Drop the names first used on this image that no object has any more (a typo fixed, an object
+   * removed); names used on earlier images stay, so their ids are the same in every export.
+   */
+  function pruneCategories() {
+    const used = new Set(state.objects.map((o) => o.category));
+    const kept = state.categories.filter((name, i) => i < state.categoriesKept || used.has(name));
+    if (kept.length !== state.categories.length) {
+      state.categories = kept;
+      saveCategories();
+    }
+    renderCategoryNames();
+  }
+
+  function renderCategoryNames() {
+    els.categoryNames.replaceChildren(...state.categories.map((name) => {
+      const option = document.createElement("option");
+      option.value = name;
+      return option;
+    }));
+  }
 
   // ------------------------------------------------------------------ status and progress
   function setStatus(text, isError = false) {
@@ -135,6 +197,8 @@
       state.height = info.height;
       state.bitmap = bitmap;
       resetCurrent();
+      pruneCategories();
+      state.categoriesKept = state.categories.length;
       state.objects = [];
       setupCanvases();
       renderAll();
@@ -285,6 +349,7 @@
       return;
     }
     const body = { points: state.points, labels: state.labels, box: state.box, multimask: true, format: "outlined_png" };
+    if (state.modelFamily === "hq_sam" && els.hqTokenOnly.checked) body.hq_token_only = true;
     const previous = state.candidates[state.selected];
     if (els.refine.checked && previous) body.mask_input_id = previous.logitsId;
     const started = performance.now();
@@ -420,14 +485,16 @@
     const mask = candidateMask(chosen);
     const { area, bbox } = SamMasks.stats(mask, state.width, state.height);
     if (area === 0) { setStatus("the selected mask is empty", true); return; }
+    const category = currentCategory();
+    rememberCategory(category);
     state.objects.push({
       id: state.nextObjectId++, group: state.nextGroup++, color: SamMasks.color(state.nextColor++),
       mask, area, bbox, score: chosen.score,
-      points: state.points.slice(), labels: state.labels.slice(), box: state.box, source: "click",
+      points: state.points.slice(), labels: state.labels.slice(), box: state.box, source: "click", category,
     });
     resetCurrent();
     renderAll();
-    setStatus(`object ${state.objects.length} accepted`);
+    setStatus(`object ${state.objects.length} accepted as “${category}”`);
   }
 
   function select(i) {
@@ -452,6 +519,8 @@
         data = await apiJson("POST", `/api/images/${state.imageId}/everything`, body);
       }
       const group = state.nextGroup++;
+      const category = currentCategory();
+      if (data.masks.length) rememberCategory(category);
       for (const record of data.masks) {
         const mask = SamMasks.rleDecode(record.segmentation);
         const { area, bbox } = SamMasks.stats(mask, state.width, state.height);
@@ -459,7 +528,7 @@
         state.objects.push({
           id: state.nextObjectId++, group, color: SamMasks.color(state.nextColor++), mask, area, bbox,
           score: record.predicted_iou, points: record.point_coords, labels: record.point_coords.map(() => 1),
-          box: null, source: "everything",
+          box: null, source: "everything", category,
         });
       }
       renderObjects();
@@ -494,26 +563,40 @@
     setTimeout(() => URL.revokeObjectURL(url), 10000);
   }
 
-  function cocoJson() {
-    const { width, height } = state;
-    return {
-      info: { description: "samkit export", version: "1.0", date_created: new Date().toISOString() },
-      licenses: [],
-      images: [{ id: 1, file_name: state.fileName, width, height }],
-      categories: [{ id: 1, name: "object", supercategory: "object" }],
-      annotations: state.objects.map((o, i) => ({
-        id: i + 1, image_id: 1, category_id: 1,
-        segmentation: SamMasks.rleEncode(o.mask, width, height),
-        area: o.area, bbox: o.bbox, iscrowd: 0,
-        predicted_iou: o.score, point_coords: o.points, point_labels: o.labels, box: o.box,
+  /**
+   * The objects as a data set, written by the server with samkit's annotation writers:
+   * "coco" (COCO JSON) or "yolo" (zip of classes.txt and the image's label file). The masks
+   * go as COCO RLE in a multipart part (they can be larger than a JSON request may be).
+   */
+  async function exportDataset(format) {
+    if (!state.objects.length) return;
+    const used = new Set(state.objects.map((o) => o.category));
+    for (const name of used) rememberCategory(name);
+    const request = {
+      file_name: state.fileName || "image.png",
+      width: state.width,
+      height: state.height,
+      categories: state.categories.slice(),
+      objects: state.objects.map((o) => ({
+        segmentation: SamMasks.rleEncode(o.mask, state.width, state.height),
+        category: o.category,
+        score: Number.isFinite(o.score) ? o.score : null,
+        point_coords: (o.points || []).slice(0, 256),
+        point_labels: (o.labels || []).slice(0, 256),
+        box: o.box,
       })),
     };
-  }
-
-  function exportCoco() {
-    if (!state.objects.length) return;
-    const text = JSON.stringify(cocoJson());
-    download(new Blob([text], { type: "application/json" }), `${stem()}_coco.json`);
+    const form = new FormData();
+    form.append("annotations", new Blob([JSON.stringify(request)], { type: "application/json" }), "annotations.json");
+    setStatus(`exporting ${format === "coco" ? "COCO" : "YOLO-seg"}…`);
+    const response = await fetch(`/api/export/${format}`, { method: "POST", body: form });
+    if (!response.ok) {
+      let message = `export failed (${response.status})`;
+      try { message = (await response.json()).error || message; } catch (_) { /* not JSON */ }
+      throw new Error(message);
+    }
+    download(await response.blob(), `${stem()}_${format === "coco" ? "coco.json" : "yolo.zip"}`);
+    setStatus(`exported ${state.objects.length} object(s) in ${used.size} categor${used.size === 1 ? "y" : "ies"}`);
   }
 
   async function exportPngs() {
@@ -578,6 +661,7 @@
       ctx.putImageData(image, 0, 0);
     }
     els.objectCount.textContent = String(state.objects.length);
+    pruneCategories(); // after an undo, a removal, ...
     els.objects.replaceChildren(...state.objects.map((o, i) => {
       const li = document.createElement("li");
       const sw = document.createElement("span");
@@ -586,6 +670,23 @@
       const label = document.createElement("span");
       label.className = "label";
       label.textContent = `#${i + 1} · ${o.area.toLocaleString()} px · ${o.score.toFixed(3)}${o.source === "everything" ? " · auto" : ""}`;
+      const category = document.createElement("input");
+      category.className = "category";
+      category.value = o.category;
+      category.maxLength = 200;
+      category.spellcheck = false;
+      category.autocomplete = "off";
+      category.setAttribute("list", "category-names");
+      category.setAttribute("aria-label", `category of object ${i + 1}`);
+      category.addEventListener("change", () => {
+        const name = categoryName(category.value);
+        if (!name) { category.value = o.category; return; }
+        o.category = name;
+        category.value = name;
+        rememberCategory(name);
+        pruneCategories();
+      });
+      category.addEventListener("keydown", (e) => { if (e.key === "Enter") category.blur(); });
       const remove = document.createElement("button");
       remove.type = "button";
       remove.title = "remove";
@@ -594,7 +695,7 @@
         state.objects = state.objects.filter((x) => x !== o);
         renderObjects();
       });
-      li.append(sw, label, remove);
+      li.append(sw, label, category, remove);
       return li;
     }));
     renderButtons();
@@ -661,6 +762,7 @@
     els.removeAllBtn.disabled = !state.objects.length || state.busy;
     els.exportPngBtn.disabled = !state.objects.length;
     els.exportCocoBtn.disabled = !state.objects.length;
+    els.exportYoloBtn.disabled = !state.objects.length;
     els.openBtn.disabled = state.busy;
     els.swatch.style.background = `rgb(${SamMasks.color(state.nextColor).join(",")})`;
   }
@@ -689,7 +791,13 @@
   els.clearBtn.addEventListener("click", clearCurrent);
   els.everythingBtn.addEventListener("click", segmentEverything);
   els.removeAllBtn.addEventListener("click", () => { state.objects = []; renderObjects(); });
-  els.exportCocoBtn.addEventListener("click", exportCoco);
+  els.exportCocoBtn.addEventListener("click", () => exportDataset("coco").catch((e) => setStatus(e.message, true)));
+  els.exportYoloBtn.addEventListener("click", () => exportDataset("yolo").catch((e) => setStatus(e.message, true)));
+  els.category.addEventListener("keydown", (e) => {
+    if (e.key === "Enter") { e.preventDefault(); accept(); }
+  });
+  els.category.addEventListener("change", () => { els.category.value = currentCategory(); });
+  els.hqTokenOnly.addEventListener("change", () => { if (state.points.length || state.box) predict(); });
   els.exportPngBtn.addEventListener("click", () => exportPngs().catch((e) => setStatus(e.message, true)));
 
   // A file dropped anywhere on the page opens it (and never navigates away from the page).
@@ -713,7 +821,13 @@
   });
 
   apiJson("GET", "/api/health")
-    .then((h) => { els.modelInfo.textContent = `${h.model} · ${h.dtype} · ${h.device}`; })
+    .then((h) => {
+      els.modelInfo.textContent = `${h.model} · ${h.dtype} · ${h.device}`;
+      state.modelFamily = h.model_family || "sam";
+      els.hqRow.hidden = state.modelFamily !== "hq_sam";
+      document.body.dataset.modelFamily = state.modelFamily;
+    })
     .catch(() => setStatus("the server is unreachable", true));
+  renderCategoryNames();
   renderAll();
 })();
