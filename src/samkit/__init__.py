@@ -17,8 +17,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "build_sam",
+    "build_sam_video",
     "sam_model_registry",
     "SamPredictor",
+    "SamVideoPredictor",
     "SamAutomaticMaskGenerator",
     "SamConfig",
     "VARIANTS",
@@ -31,8 +33,10 @@ __all__ = [
 # Lazy attributes: importing samkit stays cheap (no torch import until needed).
 _LAZY = {
     "build_sam": ("samkit.build", "build_sam"),
+    "build_sam_video": ("samkit.build_sam2", "build_sam_video"),
     "sam_model_registry": ("samkit.build", "sam_model_registry"),
     "SamPredictor": ("samkit.predictor", "SamPredictor"),
+    "SamVideoPredictor": ("samkit.video", "SamVideoPredictor"),
     "SamAutomaticMaskGenerator": ("samkit.everything", "SamAutomaticMaskGenerator"),
     "SamConfig": ("samkit.config", "SamConfig"),
     "VARIANTS": ("samkit.config", "VARIANTS"),
@@ -45,10 +49,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from .allocator import keep_freed_memory
     from .annotation import annotate
     from .build import build_sam, sam_model_registry
+    from .build_sam2 import build_sam_video
     from .config import VARIANTS, SamConfig
     from .everything import SamAutomaticMaskGenerator
     from .io import load_image
     from .predictor import SamPredictor
+    from .video import SamVideoPredictor
 
 
 def __getattr__(name: str) -> Any:

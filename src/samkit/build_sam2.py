@@ -6,6 +6,9 @@ through samkit's strict loader with the video-only entries
 fit the image model exactly. SAM 2.0 and 2.1 share the image architecture, so the one key that
 only 2.1 files carry (``no_obj_embed_spatial``) tells the two apart, and a file of the other
 version is refused.
+
+Video models (:func:`build_sam_video`) load the same files with nothing set aside: every key
+of the checkpoint, video modules included, must be used.
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ from collections.abc import Mapping
 
 import torch
 
-from .config_sam2 import SAM2_VARIANTS, SAM2_VIDEO_ONLY_PREFIXES, Sam2Config
+from .config_sam2 import SAM2_VARIANTS, SAM2_VIDEO_ONLY_PREFIXES, SAM2_VIDEO_VARIANTS, Sam2Config, Sam2VideoConfig
 from .modeling.sam2 import Sam2
+from .modeling.sam2_video import Sam2Video
 from .downloads import resolve_checkpoint
 from .weights import CheckpointError, load_state_dict_strict, read_state_dict
 
-__all__ = ["is_sam2_variant", "get_sam2_config", "build_sam2_model"]
+__all__ = ["is_sam2_variant", "get_sam2_config", "build_sam2_model", "get_sam2_video_config", "build_sam_video"]
 
 logger = logging.getLogger(__name__)
 
@@ -100,4 +104,68 @@ def build_sam2_model(
         model.image_encoder.to(dtype)
         if model.device.type == "cuda":
             model.sam_mask_decoder.to(dtype)
+    return model
+
+
+def get_sam2_video_config(variant: str | Sam2VideoConfig) -> Sam2VideoConfig:
+    """Look up a video model by its SAM 2 name (``"sam2.1_hiera_t"``, ...) or pass a config through.
+
+    Raises:
+        ValueError: unknown name.
+    """
+    if isinstance(variant, Sam2VideoConfig):
+        return variant
+    key = variant.strip().lower()
+    if key not in SAM2_VIDEO_VARIANTS:
+        raise ValueError(f"unknown video variant {variant!r}: expected one of {sorted(SAM2_VIDEO_VARIANTS)}")
+    return SAM2_VIDEO_VARIANTS[key]
+
+
+def build_sam_video(
+    name: str | Sam2VideoConfig,
+    checkpoint: str | os.PathLike[str] | None = None,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool = True,
+) -> Sam2Video:
+    """Build a SAM 2 / 2.1 video model in eval mode with its official weights.
+
+    Args:
+        name: ``"sam2.1_hiera_t"``, ``"sam2.1_hiera_s"``, ``"sam2.1_hiera_b+"``,
+            ``"sam2.1_hiera_l"``, the same four ``"sam2_hiera_*"`` (SAM 2.0), or a
+            :class:`~samkit.config_sam2.Sam2VideoConfig`.
+        checkpoint: an official ``{"model": state_dict}`` ``.pt`` file (or a safetensors /
+            plain state dict) read with ``weights_only``; None downloads the official file of
+            a named variant and leaves a custom config random.
+        device: where the model lives.
+        dtype: None / float32 (exact), or bfloat16 / float16 for the image encoder only (the
+            memory modules and heads stay float32).
+        progress: show a download progress bar.
+
+    Raises:
+        samkit.weights.CheckpointError: missing, corrupt, unsafe, wrong-version or mismatched
+            checkpoint; missing, unknown and mis-shaped keys are named.
+        ValueError: unknown name or unsupported dtype.
+    """
+    config = get_sam2_video_config(name)
+    official = config.name if SAM2_VIDEO_VARIANTS.get(config.name) == config else None
+    dtype = torch.float32 if dtype is None else dtype
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
+    model = Sam2Video(config)
+    if checkpoint is None and official is None:
+        logger.info("custom video config %r without checkpoint: weights are randomly initialised", config.name)
+    else:
+        path = resolve_checkpoint(official or config.name, checkpoint, progress=progress)
+        state_dict = read_state_dict(path)
+        if official is not None:
+            _check_version(state_dict, official)
+        load_state_dict_strict(model, state_dict, variant=official or config.name)
+        logger.info("loaded %s video weights from %s", config.name, path)
+    model.eval().requires_grad_(False)
+    if device is not None:
+        model.to(device)
+    if dtype != torch.float32:
+        model.image_encoder.to(dtype)
     return model

@@ -26,7 +26,8 @@ from torch import Tensor, nn
 from ..config import MaskDecoderConfig
 from .common import MLP, LayerNorm2d
 from .. import batching
-from .transformer import ImageSideCache, TwoWayTransformer
+from .decoder_cache import ImageSideCache
+from .transformer import TwoWayTransformer
 
 __all__ = ["Sam2MaskDecoder"]
 
@@ -180,6 +181,21 @@ class Sam2MaskDecoder(nn.Module):
         cache: ImageSideCache | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """All mask tokens' logits (B, 1+3, 4h, 4w), IoU (B, 1+3) and object scores (B, 1)."""
+        masks, iou_pred, _, object_score_logits = self.predict_all_masks_and_tokens(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, high_res_features, cache
+        )
+        return masks, iou_pred, object_score_logits
+
+    def predict_all_masks_and_tokens(
+        self,
+        image_embeddings: Tensor,
+        image_pe: Tensor,
+        sparse_prompt_embeddings: Tensor,
+        dense_prompt_embeddings: Tensor | None,
+        high_res_features: tuple[Tensor, Tensor] | None,
+        cache: ImageSideCache | None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """:meth:`predict_all_masks`, plus the (B, 1+3, C) mask-token outputs (video object pointers)."""
         b = sparse_prompt_embeddings.shape[0]
         dtype = sparse_prompt_embeddings.dtype
         heads = [self.iou_token.weight, self.mask_tokens.weight]
@@ -217,7 +233,7 @@ class Sam2MaskDecoder(nn.Module):
         else:
             # No object-score head: the object is taken as present (sigmoid(10) ~ 1).
             object_score_logits = iou_pred.new_full((b, 1), 10.0)
-        return masks, iou_pred, object_score_logits
+        return masks, iou_pred, mask_tokens_out, object_score_logits
 
     def upscale(self, src: Tensor, high_res_features: tuple[Tensor, Tensor] | None) -> Tensor:
         """(B, C, h, w) image tokens -> (B, C/8, 4h, 4w), adding the high-res features if used."""
