@@ -20,7 +20,6 @@ __all__ = [
     "build_sam_video",
     "sam_model_registry",
     "SamPredictor",
-    "SamVideoPredictor",
     "SamAutomaticMaskGenerator",
     "SamConfig",
     "VARIANTS",
@@ -36,7 +35,6 @@ _LAZY = {
     "build_sam_video": ("samkit.build_sam2", "build_sam_video"),
     "sam_model_registry": ("samkit.build", "sam_model_registry"),
     "SamPredictor": ("samkit.predictor", "SamPredictor"),
-    "SamVideoPredictor": ("samkit.video", "SamVideoPredictor"),
     "SamAutomaticMaskGenerator": ("samkit.everything", "SamAutomaticMaskGenerator"),
     "SamConfig": ("samkit.config", "SamConfig"),
     "VARIANTS": ("samkit.config", "VARIANTS"),
@@ -54,7 +52,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .everything import SamAutomaticMaskGenerator
     from .io import load_image
     from .predictor import SamPredictor
-    from .video import SamVideoPredictor
 
 
 def __getattr__(name: str) -> Any:

@@ -26,8 +26,7 @@ from torch import Tensor, nn
 from ..config import MaskDecoderConfig
 from .common import MLP, LayerNorm2d
 from .. import batching
-from .decoder_cache import ImageSideCache
-from .transformer import TwoWayTransformer
+from .transformer import ImageSideCache, TwoWayTransformer
 
 __all__ = ["Sam2MaskDecoder"]
 
