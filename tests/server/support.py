@@ -14,8 +14,18 @@ import torch
 from PIL import Image
 
 from samkit import build_sam
-from samkit.config import ImageEncoderConfig, MaskDecoderConfig, PromptEncoderConfig, SamConfig
+from samkit.config import (
+    HQSamConfig,
+    ImageEncoderConfig,
+    MaskDecoderConfig,
+    PromptEncoderConfig,
+    SamConfig,
+    TinyViTConfig,
+)
+from samkit.config_sam2 import HieraConfig, Sam2Config
 from samkit.modeling import Sam
+from samkit.modeling.hq_sam import HQSam
+from samkit.modeling.sam2 import Sam2
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -40,10 +50,49 @@ TINY_CONFIG = SamConfig(
 )
 
 
+# SAM 2.1 in small: a 4-stage Hiera trunk with q-pooling and a global block, FPN neck and the
+# high-resolution features into the decoder, on 256-pixel inputs.
+TINY_SAM2_CONFIG = Sam2Config(
+    name="tiny_sam2.1",
+    image_encoder=HieraConfig(
+        embed_dim=16, num_heads=1, stages=(1, 1, 2, 1), global_att_blocks=(3,),
+        window_pos_embed_bkg_spatial_size=(4, 4), window_spec=(8, 4, 4, 2), img_size=256, d_model=32,
+    ),
+    prompt_encoder=TINY_CONFIG.prompt_encoder,
+    mask_decoder=TINY_CONFIG.mask_decoder,
+)
+
+# HQ-SAM in small on the encoder of hq_vit_tiny (TinyViT, as MobileSAM), on 256-pixel inputs.
+TINY_HQ_CONFIG = HQSamConfig(
+    name="tiny_hq_vit_tiny",
+    image_encoder=TinyViTConfig(
+        img_size=256, embed_dims=(16, 32, 40, 64), depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), out_chans=32
+    ),
+    prompt_encoder=TINY_CONFIG.prompt_encoder,
+    mask_decoder=TINY_CONFIG.mask_decoder,
+)
+
+
 def make_tiny_model(seed: int = 0) -> Sam:
     """The tiny random-weight SAM (deterministic for a seed)."""
     torch.manual_seed(seed)
     return build_sam(TINY_CONFIG)
+
+
+def make_tiny_sam2_model(seed: int = 0) -> Sam2:
+    """A tiny random-weight SAM 2.1 (see TINY_SAM2_CONFIG)."""
+    torch.manual_seed(seed)
+    model = build_sam(TINY_SAM2_CONFIG)
+    assert isinstance(model, Sam2)
+    return model
+
+
+def make_tiny_hq_model(seed: int = 0) -> HQSam:
+    """A tiny random-weight HQ-SAM with a TinyViT encoder (see TINY_HQ_CONFIG)."""
+    torch.manual_seed(seed)
+    model = build_sam(TINY_HQ_CONFIG)
+    assert isinstance(model, HQSam)
+    return model
 
 
 def image_bytes(width: int, height: int, seed: int = 0, fmt: str = "PNG") -> bytes:

@@ -17,44 +17,12 @@ from pycocotools.coco import COCO
 from samkit.io import load_image
 from samkit.server.encoding import mask_outline
 
+from .pages import canvas_alpha, click_and_wait, overlay, png_masks, screen_point, yolo_line_mask
 from .support import image_bytes
 
 W, H = 240, 160
 
-_ALPHA_JS = """(id) => {
-  const c = document.getElementById(id);
-  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-  const out = new Array(c.width * c.height);
-  for (let i = 0; i < out.length; i++) out[i] = d[4 * i + 3];
-  return {width: c.width, height: c.height, alpha: out};
-}"""
 MASK_ALPHA = 130  # app.js: the current object's fill; its outline is opaque
-
-
-def _alpha(page, canvas_id: str) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """(H, W) uint8: the canvas's alpha channel."""
-    data = page.evaluate(_ALPHA_JS, canvas_id)
-    assert (data["width"], data["height"]) == (W, H)
-    return np.array(data["alpha"], dtype=np.uint8).reshape(H, W)
-
-
-def _overlay(page, canvas_id: str) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """(H, W) bool: where the canvas has any opacity."""
-    return _alpha(page, canvas_id) > 0
-
-
-def _masks(body: dict) -> np.ndarray:
-    out = []
-    for b64 in body["masks"]:
-        with Image.open(io.BytesIO(base64.b64decode(b64))) as image:
-            out.append(np.asarray(image).astype(bool))
-    return np.stack(out)  # (3, H, W)
-
-
-def _screen(page, x: float, y: float) -> tuple[float, float]:  # type: ignore[no-untyped-def]
-    """Image pixel -> page coordinates of the prompt canvas."""
-    box = page.locator("#prompt-layer").bounding_box()
-    return box["x"] + x / W * box["width"], box["y"] + y / H * box["height"]
 
 
 def _open(page, live_server, tmp_path: Path, seed: int) -> tuple[Path, bytes]:  # type: ignore[no-untyped-def]
@@ -79,16 +47,6 @@ def _centre_at(marker: tuple[float, float, float, float], screen: tuple[float, f
     return abs(x + width / 2 - screen[0]) < 1.5 and abs(y + height / 2 - screen[1]) < 1.5
 
 
-def _click_and_wait(page, x: float, y: float, *, button: str = "left") -> dict:  # type: ignore[no-untyped-def]
-    drawn = page.evaluate("window.samkit.predictsDrawn")
-    with page.expect_response(lambda r: r.url.endswith("/predict")) as info:
-        page.mouse.click(*_screen(page, x, y), button=button)
-    response = info.value
-    assert response.status == 200
-    page.wait_for_function(f"window.samkit.predictsDrawn > {drawn}")
-    return {"request": response.request.post_data_json, "body": response.json()}
-
-
 def test_click_overlay_undo_accept_and_export(browser, live_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     page = browser.new_page()
     errors: list[str] = []
@@ -96,18 +54,18 @@ def test_click_overlay_undo_accept_and_export(browser, live_server, tmp_path: Pa
     _open(page, live_server, tmp_path, seed=21)
 
     # Left click: one positive point at the image pixel under the cursor.
-    first = _click_and_wait(page, 70, 50)
+    first = click_and_wait(page, 70, 50)
     ((x, y),) = first["request"]["points"]
     assert abs(x - 70) < 1.0 and abs(y - 50) < 1.0
     assert first["request"]["labels"] == [1]
-    masks = _masks(first["body"])
+    masks = png_masks(first["body"])
     best = int(np.argmax(first["body"]["scores"]))
     assert 0 < masks[best].sum() < W * H
-    np.testing.assert_array_equal(_overlay(page, "mask-canvas"), masks[best])
+    np.testing.assert_array_equal(overlay(page, "mask-canvas"), masks[best])
     (marker,) = _markers(page, ".point.positive")  # the point is shown where it was clicked
-    assert _centre_at(marker, _screen(page, 70, 50))
+    assert _centre_at(marker, screen_point(page, 70, 50))
     # Drawn as a translucent fill with an opaque outline (the recoloured outlined PNG).
-    alpha = _alpha(page, "mask-canvas")
+    alpha = canvas_alpha(page, "mask-canvas")
     outline = mask_outline(masks[best])
     assert first["request"]["format"] == "outlined_png"
     assert outline.any() and (masks[best] & ~outline).any()
@@ -117,28 +75,28 @@ def test_click_overlay_undo_accept_and_export(browser, live_server, tmp_path: Pa
     other = (best + 1) % 3
     page.keyboard.press(str(other + 1))
     page.wait_for_function(f"window.samkit.shownIndex === {other}")  # it may still be decoding
-    np.testing.assert_array_equal(_overlay(page, "mask-canvas"), masks[other])
+    np.testing.assert_array_equal(overlay(page, "mask-canvas"), masks[other])
     assert page.locator("#candidates button.selected").get_attribute("data-index") == str(other)
     page.keyboard.press(str(best + 1))
     page.wait_for_function(f"window.samkit.shownIndex === {best}")
 
     # Right click: a negative point; Backspace undoes it without a new request.
-    second = _click_and_wait(page, 200, 120, button="right")
+    second = click_and_wait(page, 200, 120, button="right")
     assert second["request"]["labels"] == [1, 0]
     (marker,) = _markers(page, ".point.negative")
-    assert _centre_at(marker, _screen(page, 200, 120)) and len(_markers(page, ".point")) == 2
-    assert not np.array_equal(_masks(second["body"]), masks)
+    assert _centre_at(marker, screen_point(page, 200, 120)) and len(_markers(page, ".point")) == 2
+    assert not np.array_equal(png_masks(second["body"]), masks)
     page.keyboard.press("Backspace")
     page.wait_for_function(f"window.samkit.shownIndex === {best}")
-    np.testing.assert_array_equal(_overlay(page, "mask-canvas"), masks[best])
+    np.testing.assert_array_equal(overlay(page, "mask-canvas"), masks[best])
     assert page.evaluate("window.samkit.state.points.length") == 1
     assert len(_markers(page, ".point.positive")) == 1 and not _markers(page, ".point.negative")
 
     # Enter accepts: the object moves to the objects layer, the current mask clears.
     page.keyboard.press("Enter")
     assert page.inner_text("#object-count") == "1"
-    assert not _overlay(page, "mask-canvas").any()
-    np.testing.assert_array_equal(_overlay(page, "objects-canvas"), masks[best])
+    assert not overlay(page, "mask-canvas").any()
+    np.testing.assert_array_equal(overlay(page, "objects-canvas"), masks[best])
 
     # COCO JSON export.
     with page.expect_download() as download_info:
@@ -173,7 +131,7 @@ def test_click_overlay_undo_accept_and_export(browser, live_server, tmp_path: Pa
     # Undo with no prompts removes the last accepted object.
     page.keyboard.press("Control+z")
     assert page.inner_text("#object-count") == "0"
-    assert not _overlay(page, "objects-canvas").any()
+    assert not overlay(page, "objects-canvas").any()
     assert errors == []
     page.close()
 
@@ -197,10 +155,10 @@ def test_dropped_file_opens_then_drag_draws_a_box_and_escape_clears(browser, liv
     assert "dropped.png" in page.inner_text("#file-name")
     drawn = page.evaluate("window.samkit.predictsDrawn")
     with page.expect_response(lambda r: r.url.endswith("/predict")) as info:
-        page.mouse.move(*_screen(page, 30, 20))
+        page.mouse.move(*screen_point(page, 30, 20))
         page.mouse.down()
-        page.mouse.move(*_screen(page, 100, 70), steps=4)
-        page.mouse.move(*_screen(page, 180, 130), steps=4)
+        page.mouse.move(*screen_point(page, 100, 70), steps=4)
+        page.mouse.move(*screen_point(page, 180, 130), steps=4)
         page.mouse.up()
     request = info.value.request.post_data_json
     assert request["points"] == [] and request["labels"] == []
@@ -208,12 +166,12 @@ def test_dropped_file_opens_then_drag_draws_a_box_and_escape_clears(browser, liv
     page.wait_for_function(f"window.samkit.predictsDrawn > {drawn}")
     body = info.value.json()
     best = int(np.argmax(body["scores"]))
-    np.testing.assert_array_equal(_overlay(page, "mask-canvas"), _masks(body)[best])
+    np.testing.assert_array_equal(overlay(page, "mask-canvas"), png_masks(body)[best])
     ((x, y, width, height),) = _markers(page, ".box")
-    (x0, y0), (x1, y1) = _screen(page, 30, 20), _screen(page, 180, 130)
+    (x0, y0), (x1, y1) = screen_point(page, 30, 20), screen_point(page, 180, 130)
     assert np.allclose([x, y, x + width, y + height], [x0, y0, x1, y1], atol=1.5)
     page.keyboard.press("Escape")
-    assert not _overlay(page, "mask-canvas").any()
+    assert not overlay(page, "mask-canvas").any()
     assert page.evaluate("window.samkit.state.box") is None
     assert not _markers(page, "")
     page.close()
@@ -239,7 +197,7 @@ def test_format_the_browser_cannot_show_uses_the_server_preview(browser, live_se
         )
     ).reshape(H, W, 4)
     assert np.abs(shown[..., :3].astype(int) - picture.astype(int)).mean() < 4
-    _click_and_wait(page, 100, 80)  # and it segments as usual
+    click_and_wait(page, 100, 80)  # and it segments as usual
     page.close()
 
 
@@ -269,23 +227,11 @@ def test_segment_everything_button(browser, live_server, tmp_path: Path) -> None
     for record in expected:
         rle = {"size": record["segmentation"]["size"], "counts": record["segmentation"]["counts"].encode()}
         union |= mask_utils.decode(rle).astype(bool)
-    np.testing.assert_array_equal(_overlay(page, "objects-canvas"), union)
+    np.testing.assert_array_equal(overlay(page, "objects-canvas"), union)
     # One undo removes the whole segment-everything batch.
     page.keyboard.press("Backspace")
     assert page.inner_text("#object-count") == "0"
     page.close()
-
-
-def _yolo_mask(line: str) -> tuple[int, np.ndarray]:
-    """A YOLO-seg line -> (class index, (H, W) bool: its polygon filled as cv2.fillPoly does)."""
-    import cv2
-
-    values = line.split()
-    coords = np.array([float(v) for v in values[1:]]).reshape(-1, 2)  # (K, 2) normalized x, y
-    assert ((coords >= 0) & (coords <= 1)).all()
-    canvas = np.zeros((H, W), dtype=np.uint8)
-    cv2.fillPoly(canvas, [np.round(coords * [W, H]).astype(np.int32)], 1)
-    return int(values[0]), canvas.astype(bool)
 
 
 def test_label_two_objects_with_categories_and_export_coco_and_yolo(browser, live_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -297,13 +243,13 @@ def test_label_two_objects_with_categories_and_export_coco_and_yolo(browser, liv
 
     # Object 1: "cat", accepted with Enter on the image.
     page.fill("#category", "cat")
-    first = _click_and_wait(page, 60, 45)
-    cat_mask = _masks(first["body"])[int(np.argmax(first["body"]["scores"]))]
+    first = click_and_wait(page, 60, 45)
+    cat_mask = png_masks(first["body"])[int(np.argmax(first["body"]["scores"]))]
     page.keyboard.press("Enter")
     # Object 2: a typo, accepted with Enter in the category box; the box keeps the name for the next object.
     page.fill("#category", "dgo")
-    second = _click_and_wait(page, 190, 125)
-    dog_mask = _masks(second["body"])[int(np.argmax(second["body"]["scores"]))]
+    second = click_and_wait(page, 190, 125)
+    dog_mask = png_masks(second["body"])[int(np.argmax(second["body"]["scores"]))]
     page.press("#category", "Enter")
     assert page.inner_text("#object-count") == "2"
     assert page.input_value("#category") == "dgo"
@@ -343,7 +289,7 @@ def test_label_two_objects_with_categories_and_export_coco_and_yolo(browser, liv
         lines = archive.read("labels/picture25.txt").decode().splitlines()
     assert len(lines) == 2
     for line, (index, mask) in zip(lines, enumerate((cat_mask, dog_mask))):
-        got_index, polygon_mask = _yolo_mask(line)
+        got_index, polygon_mask = yolo_line_mask(line, W, H)
         assert got_index == index
         assert (polygon_mask & mask).sum() / (polygon_mask | mask).sum() >= 0.9
 

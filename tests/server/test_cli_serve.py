@@ -112,3 +112,45 @@ def test_serve_process_end_to_end(tmp_path: Path) -> None:
         process.terminate()
         output, _ = process.communicate(timeout=30)
     assert f"http://127.0.0.1:{port}/" in output
+
+
+@pytest.mark.parametrize(("variant", "family"), [("sam2.1_hiera_t", "sam2"), ("hq_vit_tiny", "hq_sam")])
+def test_serve_runs_sam2_and_hq_models(
+    variant: str, family: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``samkit serve --model sam2.1_hiera_t`` / ``hq_vit_tiny`` serve that model, checkpoint loaded.
+
+    uvicorn is replaced by a stand-in that keeps the app; no image is embedded here (the page with
+    these model classes is tested in test_browser_models.py).
+    """
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    from samkit.build_sam2 import get_sam2_config
+    from samkit.modeling.hq_sam import HQSam
+    from samkit.modeling.sam2 import Sam2
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / f"{variant}.pt"
+    if family == "sam2":
+        model: torch.nn.Module = Sam2(get_sam2_config(variant))
+        torch.save({"model": model.state_dict()}, checkpoint)  # Meta's checkpoint layout
+    else:
+        model = HQSam(VARIANTS[variant])
+        torch.save(model.state_dict(), checkpoint)
+    served: dict[str, object] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.update(app=app, **options))
+    probe = free_port_socket()
+    port = probe.getsockname()[1]
+    probe.close()
+    assert main(["serve", "--model", variant, "--checkpoint", str(checkpoint), "--port", str(port)]) == 0
+    assert (served["host"], served["port"]) == ("127.0.0.1", port)
+    app = served["app"]
+    loaded = app.state.service.model  # type: ignore[attr-defined]
+    assert type(loaded) is type(model)
+    expected = model.state_dict()
+    assert all(torch.equal(tensor, expected[name]) for name, tensor in loaded.state_dict().items())
+    with TestClient(app, base_url="http://127.0.0.1") as client:  # type: ignore[arg-type]
+        health = client.get("/api/health").json()
+        assert (health["model"], health["model_family"]) == (variant, family)
+        assert 'id="hq-token-only"' in client.get("/").text

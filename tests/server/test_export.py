@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -21,6 +20,7 @@ from samkit.modeling import Sam
 from samkit.server import create_app
 from samkit.server.encoding import decode_rle
 
+from .pages import yolo_line_mask
 from .support import image_bytes
 
 W, H = 200, 120
@@ -65,17 +65,6 @@ def _export(client: TestClient, fmt: str, document: dict[str, Any] | str):  # ty
 
 def _document(objects: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
     return {"file_name": "shots/picture.png", "width": W, "height": H, **extra, "objects": objects}
-
-
-def _polygon_mask(line: str) -> tuple[int, np.ndarray]:
-    """A YOLO-seg line -> (class index, (H, W) bool filled with the even-odd rule, as cv2.fillPoly)."""
-    values = line.split()
-    coords = np.array([float(v) for v in values[1:]]).reshape(-1, 2)  # (K, 2) normalized x, y
-    assert ((coords >= 0) & (coords <= 1)).all()
-    pixels = np.round(coords * [W, H]).astype(np.int32)
-    canvas = np.zeros((H, W), dtype=np.uint8)
-    cv2.fillPoly(canvas, [pixels], 1)
-    return int(values[0]), canvas.astype(bool)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -145,7 +134,7 @@ def test_yolo_export_polygons_give_back_the_masks(client: TestClient) -> None:
         assert archive.read("classes.txt").decode() == "dog\ncat\nbird\n"
         lines = archive.read("labels/picture.txt").decode().splitlines()
     assert len(lines) == 2
-    (cat_class, cat_mask), (dog_class, dog_mask) = (_polygon_mask(line) for line in lines)
+    (cat_class, cat_mask), (dog_class, dog_mask) = (yolo_line_mask(line, W, H) for line in lines)
     assert (cat_class, dog_class) == (1, 0)
     assert _iou(cat_mask, ring) >= 0.9 and _iou(dog_mask, predicted) >= 0.9
 

@@ -1,4 +1,9 @@
-"""The web app's HTTP API with a SAM 2.1 model: masks and scores equal to the predictor's."""
+"""The web app's HTTP API with a SAM 2.1 model: masks and scores equal to the predictor's.
+
+The model is SAM 2.1 in small (tiny random weights, 256-pixel inputs): the server's SAM 2 path is
+the same for every size, and a full hiera_t costs ~10 s per embedding on 2 cores. What
+``samkit serve --model sam2.1_hiera_t`` builds is checked in test_cli_serve.py.
+"""
 
 from __future__ import annotations
 
@@ -6,27 +11,25 @@ import base64
 import io
 
 import numpy as np
-import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from samkit import SamPredictor, build_sam
-from samkit.build_sam2 import get_sam2_config
+from samkit import SamPredictor
 from samkit.io import load_image
 from samkit.server import create_app
 
-from .support import image_bytes
+from .support import image_bytes, make_tiny_sam2_model
 
 W, H = 200, 120
 
 
 def test_sam21_predict_equals_the_predictor() -> None:
-    torch.manual_seed(0)
-    model = build_sam(get_sam2_config("sam2.1_hiera_t").with_overrides(name="sam2.1_random"))
+    model = make_tiny_sam2_model(0)
     picture = image_bytes(W, H, seed=3)
     reference = SamPredictor(model)
     reference.set_image(load_image(picture))
     with TestClient(create_app(model)) as client:
+        assert client.get("/api/health").json()["model_family"] == "sam2"
         upload = client.post("/api/images", files={"file": ("a.png", picture, "image/png")})
         assert upload.status_code == 200, upload.text
         points, labels = [[50.5, 60.0], [150.0, 30.0]], [1, 0]
