@@ -148,6 +148,10 @@ def test_yolo_export_polygons_give_back_the_masks(client: TestClient) -> None:
         ({"width": W + 1}, 422, "objects[0].segmentation: size [120, 200]"),
         ({"file_name": ".."}, 422, "file_name"),
         ({"file_name": "a\nb.png"}, 422, "file_name"),
+        ({"file_name": "\ud800.png"}, 400, "malformed JSON"),  # lone surrogates: no file name could hold one
+        ({"categories": ["dog", "hot\ndog"]}, 422, "categories[1]"),
+        ({"file_name": "x" * 201}, 422, "file_name"),
+        ({"objects": [{"segmentation": _rle(_ring()), "category": "\ud800"}]}, 400, "malformed JSON"),
         ({"objects": [{"segmentation": {"size": [H, W], "counts": "0"}, "category": "dog"}]}, 422, "counts sum to"),
         ({"objects": [{"segmentation": {"size": [H, W], "counts": "\x7f"}, "category": "dog"}]}, 422, "COCO RLE"),
         ({"objects": [{"segmentation": _rle(np.zeros((H, W), bool)), "category": "dog"}]}, 422, "empty"),
@@ -179,6 +183,8 @@ def test_export_transport_errors(client: TestClient) -> None:
     assert cross_site.status_code == 403
     empty = _export(client, "coco", _document([]))
     assert empty.status_code == 200 and empty.json()["annotations"] == []
+    longest = _export(client, "yolo", {**_document([{"segmentation": _rle(_ring()), "category": "a"}]), "file_name": "x" * 200})
+    assert longest.status_code == 200, longest.text  # its label file name still fits the file system
 
 
 def test_openapi_lists_the_exports_and_hq_token_only(client: TestClient) -> None:

@@ -45,6 +45,12 @@ EXPORT_FORMATS: tuple[str, ...] = ("coco", "yolo")
 EXPORT_PIXEL_BUDGET = 4_000_000_000
 
 
+def _plain_text(text: str) -> bool:
+    """No control characters (a newline would split a line of classes.txt). Lone surrogates
+    (JSON "\ud800"), which no file could hold, never get past pydantic."""
+    return not any(ord(ch) < 32 or ord(ch) == 127 for ch in text)
+
+
 def safe_file_name(name: str) -> str:
     """The last path component of a client's file name (no folders reach the writers).
 
@@ -52,7 +58,7 @@ def safe_file_name(name: str) -> str:
         ValueError: empty, ``.``/``..``, or holding control characters.
     """
     base = name.replace("\\", "/").rsplit("/", 1)[-1].strip()
-    if base in ("", ".", "..") or any(ord(ch) < 32 or ord(ch) == 127 for ch in base):
+    if base in ("", ".", "..") or not _plain_text(base):
         raise ValueError(f"file_name: {name[:80]!r} is not a usable file name")
     return base
 
@@ -65,6 +71,12 @@ def category_table(request: ExportRequest) -> list[dict[str, Any]]:
     Raises:
         ValueError: a name twice in ``categories``, or an object whose category is not in it.
     """
+    for i, name in enumerate(request.categories):
+        if not _plain_text(name):
+            raise ValueError(f"categories[{i}]: {name[:80]!r} holds control characters")
+    for i, obj in enumerate(request.objects):
+        if not _plain_text(obj.category):
+            raise ValueError(f"objects[{i}].category: {obj.category[:80]!r} holds control characters")
     if request.categories:
         names = list(request.categories)
         seen: set[str] = set()

@@ -175,7 +175,7 @@ class ExportRequest(BaseModel):
     file_name: str = Field(
         default="image.png",
         min_length=1,
-        max_length=255,
+        max_length=200,
         description="The image's file name (COCO file_name; the YOLO label file is named after it). "
         "Only the last path component is used.",
     )
