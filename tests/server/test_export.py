@@ -190,6 +190,10 @@ def test_export_transport_errors(client: TestClient) -> None:
 def test_openapi_lists_the_exports_and_hq_token_only(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
     assert {"/api/export/coco", "/api/export/yolo"} <= set(schema["paths"])
+    export_request = schema["components"]["schemas"]["ExportRequest"]
+    assert {"file_name", "width", "height", "categories", "objects", "polygons"} <= set(export_request["properties"])
+    assert export_request["properties"]["objects"]["items"]["$ref"] == "#/components/schemas/ExportObject"
+    assert "category" in schema["components"]["schemas"]["ExportObject"]["properties"]
     assert "hq_token_only" in schema["components"]["schemas"]["PredictRequest"]["properties"]
     assert client.get("/api/health").json()["model_family"] == "sam"
 

@@ -74,7 +74,7 @@ _MULTIPART_SLACK = 64 * 1024
 _EXPORT_PATHS = {"coco": "/api/export/coco", "yolo": "/api/export/yolo"}
 _UPLOAD_PATHS = ("/api/images", *_EXPORT_PATHS.values())
 MAX_EXPORT_BYTES = 16 * 1024 * 1024  # the annotations document of one export
-_ANNOTATIONS_PART = "The objects of one image: a JSON document (samkit.server.schemas.ExportRequest)."
+_ANNOTATIONS_PART = "The objects of one image: a JSON document, schema ExportRequest (see components)."
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422, 501, 503)
@@ -290,4 +290,18 @@ def create_app(
         """Labelled objects -> zip of YOLO-seg ``classes.txt`` and ``labels/<image stem>.txt`` (normalized polygons)."""
         return await export("yolo", annotations)
 
+    default_openapi = app.openapi
+
+    def openapi_with_export_schema() -> dict[str, Any]:
+        """The generated schema plus ExportRequest, which travels inside a multipart part."""
+        if app.openapi_schema is None:
+            schema = default_openapi()
+            export_schema = ExportRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(export_schema.pop("$defs", {}))
+            components["ExportRequest"] = export_schema
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi_with_export_schema  # type: ignore[method-assign]
     return app
