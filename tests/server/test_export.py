@@ -206,3 +206,11 @@ def test_hq_token_only_is_refused_for_other_models(client: TestClient) -> None:
     response = client.post(url, json={"points": [[5, 5]], "labels": [1], "hq_token_only": "maybe"})
     assert response.status_code == 422 and "hq_token_only" in response.json()["error"]
     assert client.post(url, json={"points": [[5, 5]], "labels": [1], "hq_token_only": False}).status_code == 200
+
+
+def test_exports_need_the_token_when_the_server_has_one(tiny_model: Sam) -> None:
+    files = {"annotations": ("a.json", json.dumps(_document([{"segmentation": _rle(_ring()), "category": "a"}])), "application/json")}
+    with TestClient(create_app(tiny_model, token="s3cret-token")) as client:
+        assert client.post("/api/export/coco", files=files).status_code == 401
+        allowed = client.post("/api/export/coco", files=files, headers={"Authorization": "Bearer s3cret-token"})
+        assert allowed.status_code == 200 and allowed.json()["categories"] == [{"id": 1, "name": "a"}]
