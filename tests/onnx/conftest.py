@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 from collections.abc import Callable
 
 import pytest
-from onnx_support import Exported, perturbed_sam, tiny_config
+import torch
+from onnx_support import CliExport, Exported, perturbed_sam, perturbed_variant, tiny_config
 
 _FIGURES: list[str] = []
 
@@ -48,3 +52,33 @@ def tiny1024(tmp_path_factory: pytest.TempPathFactory) -> Exported:
     out = tmp_path_factory.mktemp("onnx_tiny1024")
     export_onnx(sam, out)
     return Exported(sam=sam, dir=out)
+
+
+def _cli_export(
+    name: str, seed: int, checkpoint_state: Callable[[torch.nn.Module], object], root: pytest.TempPathFactory, *options: str
+) -> CliExport:
+    """Perturb ``name``, save it as an official-format checkpoint, export it with ``samkit export-onnx``."""
+    from samkit.cli import main
+
+    model = perturbed_variant(name, seed)
+    out = root.mktemp(f"onnx_{name}")
+    checkpoint = out / "model.pt"
+    torch.save(checkpoint_state(model), checkpoint)
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        status = main(["export-onnx", "--model", name, "--checkpoint", str(checkpoint), "--out", str(out / "graphs"), "--json", *options])
+    assert status == 0, f"samkit export-onnx --model {name} failed"
+    return CliExport(model=model, checkpoint=checkpoint, dir=out / "graphs", report=json.loads(stdout.getvalue()))
+
+
+@pytest.fixture(scope="session")
+def sam2_cli(tmp_path_factory: pytest.TempPathFactory) -> CliExport:
+    """sam2.1_hiera_t with perturbed weights, exported by ``samkit export-onnx`` from a ``{"model": sd}`` file."""
+    return _cli_export("sam2.1_hiera_t", 3, lambda m: {"model": m.state_dict()}, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def hq_cli(tmp_path_factory: pytest.TempPathFactory) -> CliExport:
+    """hq_vit_tiny with perturbed weights, exported by ``samkit export-onnx --raw-input`` from a plain
+    state-dict file (the float-input encoder path is the SAM 2 tests' and SAM 1's)."""
+    return _cli_export("hq_vit_tiny", 4, lambda m: m.state_dict(), tmp_path_factory, "--raw-input")

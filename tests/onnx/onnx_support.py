@@ -158,3 +158,36 @@ class Exported:
     def path(self, name: str) -> Path:
         """A file in the export directory."""
         return self.dir / name
+
+
+def perturb_(model: nn.Module, seed: int) -> nn.Module:
+    """Add seeded N(0, 0.02) noise to every floating tensor of ``model.state_dict()``; eval mode."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.dtype.is_floating_point:
+                tensor.add_(torch.randn(tensor.shape, generator=generator) * NOISE_STD)
+    model.prompt_encoder.clear_cache()  # type: ignore[operator]
+    return model.eval()
+
+
+def perturbed_variant(name: str, seed: int) -> nn.Module:
+    """A real-size registry variant (``sam2.1_hiera_t``, ``hq_vit_tiny``, ...), random init + noise, float32 CPU."""
+    from samkit.build_sam2 import get_sam2_config, is_sam2_variant
+    from samkit.config import get_config
+    from samkit.modeling.hq_sam import HQSam
+    from samkit.modeling.sam2 import Sam2
+
+    torch.manual_seed(seed)
+    model: nn.Module = Sam2(get_sam2_config(name)) if is_sam2_variant(name) else HQSam(get_config(name))  # type: ignore[arg-type]
+    return perturb_(model, seed)
+
+
+@dataclass(frozen=True)
+class CliExport:
+    """A perturbed variant, its checkpoint file, and the graphs ``samkit export-onnx`` wrote from it."""
+
+    model: nn.Module
+    checkpoint: Path
+    dir: Path
+    report: dict[str, object]

@@ -41,3 +41,22 @@ def test_unreadable_checkpoint_is_a_user_error(tmp_path: Path, capsys: pytest.Ca
     bad.write_bytes(b"not a checkpoint")
     assert main(["export-onnx", "--checkpoint", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.startswith("samkit export-onnx: error:")
+
+
+def test_family_options_refused_before_loading(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Options a family's graphs do not have: one line, exit 2, nothing written (no checkpoint is read)."""
+    out = tmp_path / "o"
+    assert main(["export-onnx", "--model", "sam2.1_hiera_t", "--raw-input", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.startswith("samkit export-onnx: error: --raw-input: not available for SAM 2 models")
+    for model in ("hq_vit_b", "sam2.1_hiera_t"):
+        assert main(["export-onnx", "--model", model, "--return-single-mask", "--out", str(out)]) == 2
+        assert "--return-single-mask: SAM 1 models only" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("model", ["hq_vit_b", "sam2.1_hiera_l", "sam2_hiera_b+"])
+def test_every_family_is_a_choice(model: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """HQ-SAM and SAM 2.x names are accepted (a missing checkpoint is then the error, not the name)."""
+    status = main(["export-onnx", "--model", model, "--checkpoint", str(tmp_path / "x.pt"), "--out", str(tmp_path / "o")])
+    assert status == 2
+    assert "--checkpoint: no such file" in capsys.readouterr().err

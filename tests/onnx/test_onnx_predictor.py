@@ -228,3 +228,25 @@ def test_providers(tiny256: Exported, caplog: pytest.LogCaptureFixture) -> None:
     assert preferred.encoder.get_providers() == ["CPUExecutionProvider"]
     assert "NoSuchExecutionProvider" in caplog.text
     assert "CPUExecutionProvider" in ort.get_available_providers()
+
+
+def test_exports_without_family_metadata_still_load(tiny256: Exported, tmp_path: Path) -> None:
+    """Graphs written before the samkit.family entry (and other exporters' SAM 1 graphs) are SAM 1 graphs."""
+    import onnx
+
+    for name in ("encoder.onnx", "decoder.onnx"):
+        graph = onnx.load(str(tiny256.path(name)))
+        kept = [p for p in graph.metadata_props if p.key not in ("samkit.family", "samkit.framing")]
+        assert len(kept) == len(graph.metadata_props) - 2
+        del graph.metadata_props[:]
+        graph.metadata_props.extend(kept)
+        onnx.save(graph, str(tmp_path / name))
+    old = OnnxPredictor.from_dir(tmp_path)
+    new = OnnxPredictor.from_dir(tiny256.dir)
+    assert old.family == new.family == "sam"
+    image = structured_image(150, 200, seed=7)
+    old.set_image(image)
+    new.set_image(image)
+    prompt = {"point_coords": np.array([[90, 60]]), "point_labels": np.array([1]), "return_logits": True}
+    for a, b in zip(old.predict(**prompt), new.predict(**prompt)):
+        np.testing.assert_array_equal(a, b)

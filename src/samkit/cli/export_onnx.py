@@ -7,7 +7,7 @@ import json
 import logging
 import time
 
-from .common import HQ_MODEL_CHOICES, MODEL_CHOICES, existing_file
+from .common import HQ_MODEL_CHOICES, MODEL_CHOICES, SAM2_MODEL_CHOICES, existing_file
 
 logger = logging.getLogger(__name__)
 
@@ -21,13 +21,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "image; with --raw-input the (h, w, 3) uint8 pixels of the image resized to longest side 1024) and "
         "decoder.onnx with the official SAM ONNX decoder interface (image_embeddings, point_coords, "
         "point_labels, mask_input, has_mask_input, orig_im_size -> masks, iou_predictions, low_res_masks). "
+        "SAM 2 / 2.1 encoders (input: the image stretched to the square) also output high_res_feats_0/1 and "
+        "HQ-SAM encoders hq_features, which their decoders take; SAM 2 decoders also return object_score_logits, "
+        "HQ-SAM decoders take multimask_output and hq_token_only and return one mask. "
         "Graphs over 2 GB (vit_h encoder) keep their weights in NAME.onnx.data beside them. "
         "Use them with samkit.onnx.OnnxPredictor.from_dir(OUT) (no torch needed) or any front end of "
         "the official ONNX decoder.",
     )
     parser.add_argument("--out", required=True, help="output directory (created)")
-    onnx_models = [m for m in MODEL_CHOICES if m not in HQ_MODEL_CHOICES]  # no ONNX export of HQ-SAM yet
-    parser.add_argument("--model", default="vit_b", choices=onnx_models, help="model variant (default vit_b)")
+    parser.add_argument(
+        "--model", default="vit_b", choices=MODEL_CHOICES + SAM2_MODEL_CHOICES, help="model variant (default vit_b)"
+    )
     parser.add_argument(
         "--checkpoint",
         default=None,
@@ -45,13 +49,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument(
         "--raw-input",
         action="store_true",
-        help="encoder input is the resized (h, w, 3) uint8 image; normalization and padding run in the graph",
+        help="encoder input is the resized (h, w, 3) uint8 image; normalization and padding run in the graph "
+        "(not for SAM 2 models)",
     )
     parser.add_argument(
         "--return-single-mask",
         action="store_true",
         help="decoder returns one mask chosen in the graph, like the official --return-single-mask export "
-        "(default: all 4 mask tokens, so both multimask settings can be served)",
+        "(default: all 4 mask tokens, so both multimask settings can be served; SAM 1 models only)",
     )
     parser.add_argument("--json", action="store_true", help="print the written paths as JSON")
     parser.set_defaults(func=run)
@@ -63,6 +68,11 @@ def run(args: argparse.Namespace) -> int:
 
     if not 14 <= args.opset <= 21:
         raise UserError(f"--opset: expected 14..21, got {args.opset}")
+    sam2 = args.model in SAM2_MODEL_CHOICES
+    if args.raw_input and sam2:
+        raise UserError(f"--raw-input: not available for SAM 2 models ({args.model}), whose input is the image stretched to the square")
+    if args.return_single_mask and (sam2 or args.model in HQ_MODEL_CHOICES):
+        raise UserError(f"--return-single-mask: SAM 1 models only ({args.model} decoders choose their single mask themselves)")
     checkpoint = existing_file(args.checkpoint, "--checkpoint") if args.checkpoint is not None else None
     try:
         import onnx  # noqa: F401

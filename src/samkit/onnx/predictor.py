@@ -3,11 +3,13 @@
 Only numpy, Pillow and onnxruntime are imported (here and in everything this module
 imports), so the predictor runs where torch is not installed.
 
-It drives the graphs written by :func:`samkit.onnx.export_onnx` and any decoder with the
-official SAM ONNX interface (e.g. one written by segment-anything's
-``scripts/export_onnx_model.py``). Which encoder input is expected is read from the graph:
-a (1, 3, S, S) float input gets the normalized, padded image; an (h, w, 3) uint8 input
-(``--raw-input`` export) gets the resized pixels.
+It drives the graphs written by :func:`samkit.onnx.export_onnx` for every family (SAM 1,
+MobileSAM, SAM 2 / 2.1, HQ-SAM; the ``samkit.family`` metadata entry says which, see
+:mod:`samkit.onnx.interfaces`) and any decoder with the official SAM ONNX interface (e.g. one
+written by segment-anything's ``scripts/export_onnx_model.py``; graphs without the entry are
+SAM 1 graphs). Which encoder input is expected is read from the graph: a (1, 3, S, S) float
+input gets the normalized, padded image (SAM 2: stretched to the square); an (h, w, 3) uint8
+input (``--raw-input`` export) gets the resized pixels.
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ from ..hardware import cpu_has_int8_dot_product
 from ..geometry import map_boxes, map_coords, resize_longest_side
 from ..io import to_rgb_uint8
 from ..prompts import as_boxes, as_labels, as_mask_input, as_points
+from .interfaces import FAMILY_KEY, INTERFACES, GraphInterface
+from .square_geometry import map_coords_to_square, resize_to_square
 
 __all__ = ["OnnxPredictor"]
 
 logger = logging.getLogger(__name__)
 
-_DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size")
-_DECODER_OUTPUTS = ("masks", "iou_predictions", "low_res_masks")
+_RESULT_OUTPUTS = ("masks", "iou_predictions", "low_res_masks")  # what predict returns, every family
 # SAM's defaults, used when a graph carries no samkit metadata (e.g. an official export).
 _DEFAULT_IMG_SIZE = 1024
 _DEFAULT_MEAN = (123.675, 116.28, 103.53)
@@ -58,19 +61,23 @@ class OnnxPredictor:
 
     Args:
         encoder_path: image encoder graph (``encoder.onnx``).
-        decoder_path: decoder graph with the official SAM ONNX interface (``decoder.onnx``).
+        decoder_path: decoder graph of the same export (``decoder.onnx``), or a decoder with the
+            official SAM ONNX interface.
         providers: ONNX Runtime execution providers in order of preference (default CPU), e.g.
             ``["CUDAExecutionProvider", "CPUExecutionProvider"]``; those missing from this
             onnxruntime build are skipped with a warning (an error if none is left).
         session_options: an ``onnxruntime.SessionOptions`` for both sessions (threads, ...).
 
     Attributes:
+        family: "sam" (SAM 1, MobileSAM), "sam2" (SAM 2 / 2.1) or "hq" (HQ-SAM).
         img_size: side S of the square model input (1024).
         mask_threshold: logit threshold of binary masks (0.0).
         num_mask_outputs: masks per decoder run: 4 (token 0 + three multimask tokens; both
-            ``multimask_output`` settings served) or 1 (a ``--return-single-mask`` graph, which
-            picks its mask itself: the best multimask output for one point or a box alone, the
-            single-mask output otherwise; ``multimask_output`` is then ignored).
+            ``multimask_output`` settings served; SAM 2: slot 0 is the single mask after SAM 2's
+            stability fallback), or 1: an HQ-SAM graph (``multimask_output`` and ``hq_token_only``
+            are graph inputs) or a ``--return-single-mask`` graph, which picks its mask itself
+            (the best multimask output for one point or a box alone, the single-mask output
+            otherwise; ``multimask_output`` is then ignored).
     """
 
     def __init__(
@@ -128,6 +135,15 @@ class OnnxPredictor:
     # ------------------------------------------------------------ graph facts
     def _configure_encoder(self) -> None:
         meta = self.encoder.get_modelmeta().custom_metadata_map
+        self.family = meta.get(FAMILY_KEY, "sam")
+        if self.family not in INTERFACES:
+            raise ValueError(f"encoder: unknown model family {self.family!r} (this samkit reads {sorted(INTERFACES)})")
+        self._interface: GraphInterface = INTERFACES[self.family]
+        self._model_name = meta.get("samkit.model", "this model")
+        outputs = [o.name for o in self.encoder.get_outputs()]
+        missing = [name for name in self._interface.encoder_outputs if name not in outputs]
+        if self.family != "sam" and missing:
+            raise ValueError(f"encoder: a {self.family} encoder lacks the outputs {missing} (it has {outputs})")
         inputs = self.encoder.get_inputs()
         if len(inputs) != 1:
             raise ValueError(f"encoder: expected one input (the image), got {[i.name for i in inputs]}")
@@ -135,6 +151,8 @@ class OnnxPredictor:
         self._encoder_input = spec.name
         self._raw_input = spec.type == "tensor(uint8)"
         if self._raw_input:
+            if self._interface.framing != "pad":
+                raise ValueError(f"encoder: a {self.family} encoder takes a float (1, 3, S, S) image, not uint8 pixels")
             if len(spec.shape) != 3:
                 raise ValueError(f"encoder: a uint8 input must be (h, w, 3), got shape {spec.shape}")
             self.img_size = int(meta.get("samkit.img_size", _DEFAULT_IMG_SIZE))
@@ -157,10 +175,16 @@ class OnnxPredictor:
 
     def _configure_decoder(self) -> None:
         meta = self.decoder.get_modelmeta().custom_metadata_map
+        family = meta.get(FAMILY_KEY, "sam")
+        if family != self.family:
+            raise ValueError(
+                f"encoder and decoder do not belong together: the encoder is a {self.family} graph, "
+                f"the decoder a {family} graph"
+            )
         inputs = {i.name: i for i in self.decoder.get_inputs()}
-        missing = [name for name in _DECODER_INPUTS if name not in inputs]
+        missing = [name for name in self._interface.decoder_inputs if name not in inputs]
         outputs = [o.name for o in self.decoder.get_outputs()]
-        missing_out = [name for name in _DECODER_OUTPUTS if name not in outputs]
+        missing_out = [name for name in _RESULT_OUTPUTS if name not in outputs]
         if missing or missing_out:
             raise ValueError(
                 f"decoder: not the SAM ONNX decoder interface (missing inputs {missing}, outputs {missing_out})"
@@ -189,6 +213,8 @@ class OnnxPredictor:
         self.features: np.ndarray | None = None
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
+        # Every encoder output by name: the decoder's per-image inputs (embedding, HQ / high-res features).
+        self._image_outputs: dict[str, np.ndarray] = {}
 
     def set_image(self, image: np.ndarray | Image.Image, image_format: str = "RGB") -> None:
         """Encode an image; prompts given later refer to its pixels.
@@ -203,34 +229,47 @@ class OnnxPredictor:
         array = to_rgb_uint8(image)
         if image_format != self.image_format and isinstance(image, np.ndarray):
             array = np.ascontiguousarray(array[..., ::-1])
-        resized = resize_longest_side(array, self.img_size)  # (h, w, 3) uint8
+        resized: np.ndarray
+        if self._interface.framing == "stretch":
+            resized = resize_to_square(array, self.img_size)  # (S, S, 3) float32
+        else:
+            resized = resize_longest_side(array, self.img_size)  # (h, w, 3) uint8
         self.set_resized_image(resized, (int(array.shape[0]), int(array.shape[1])))
 
     def set_resized_image(self, resized: np.ndarray, original_size: tuple[int, int]) -> None:
-        """Encode an image already resized so its longest side is ``img_size``.
+        """Encode an image already resized into the model's square.
 
         Args:
-            resized: (h, w, 3) uint8 RGB, max(h, w) == ``img_size``.
+            resized: (h, w, 3) uint8 RGB, max(h, w) == ``img_size``; SAM 2 models: the image
+                stretched to (S, S, 3), float32 pixel values 0..255 (uint8 accepted).
             original_size: (H, W) of the image before resizing.
         """
-        if resized.dtype != np.uint8 or resized.ndim != 3 or resized.shape[2] != 3:
+        stretch = self._interface.framing == "stretch"
+        if resized.ndim != 3 or resized.shape[2] != 3 or (resized.dtype != np.uint8 and not stretch):
             raise ValueError(f"resized: expected an (h, w, 3) uint8 array, got {resized.dtype} {resized.shape}")
         h, w = int(resized.shape[0]), int(resized.shape[1])
+        if stretch and (h, w) != (self.img_size, self.img_size):
+            raise ValueError(f"resized: a {self.family} model takes the image stretched to {self.img_size} x {self.img_size}, got {(h, w)}")
         if max(h, w) != self.img_size:
             raise ValueError(f"resized: longest side must be {self.img_size}, got {(h, w)}")
         if self._raw_input:
             model_input = np.ascontiguousarray(resized)  # (h, w, 3) uint8
         else:
             model_input = self._normalize_and_pad(resized)  # (1, 3, S, S) float32
-        (features,) = self.encoder.run(None, {self._encoder_input: model_input})
+        outputs = self.encoder.run(None, {self._encoder_input: model_input})
+        names = [o.name for o in self.encoder.get_outputs()]
         self.reset_image()
-        self.features = features
+        if self.family == "sam":  # one output, whatever its name (encoders of other exporters)
+            self._image_outputs = {"image_embeddings": outputs[0]}
+        else:
+            self._image_outputs = {name: outputs[names.index(name)] for name in self._interface.encoder_outputs}
+        self.features = self._image_outputs["image_embeddings"]
         self.original_size = (int(original_size[0]), int(original_size[1]))
         self.input_size = (h, w)
         self.is_image_set = True
 
     def _normalize_and_pad(self, resized: np.ndarray) -> np.ndarray:
-        """(h, w, 3) uint8 -> (1, 3, S, S) float32 normalized, zero-padded bottom/right."""
+        """(h, w, 3) pixels -> (1, 3, S, S) float32 normalized, zero-padded bottom/right."""
         s = self.img_size
         h, w = resized.shape[:2]
         normalized = (resized.astype(np.float32) - self._pixel_mean) / self._pixel_std  # (h, w, 3)
@@ -243,6 +282,18 @@ class OnnxPredictor:
         self._require_image()
         assert self.features is not None
         return self.features
+
+    @property
+    def hq_features(self) -> np.ndarray | None:
+        """HQ-SAM graphs: the (1, C/8, 4h, 4w) HQ features of the current image; else None."""
+        return self._image_outputs.get("hq_features")
+
+    @property
+    def high_res_features(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """SAM 2 graphs: the projected stride-4 and stride-8 levels of the current image; else None."""
+        if "high_res_feats_0" not in self._image_outputs:
+            return None
+        return self._image_outputs["high_res_feats_0"], self._image_outputs["high_res_feats_1"]
 
     def _require_image(self) -> None:
         if not self.is_image_set:
@@ -257,6 +308,8 @@ class OnnxPredictor:
         mask_input: np.ndarray | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        *,
+        hq_token_only: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Predict masks for prompts given in original-image pixels (as ``SamPredictor.predict``).
 
@@ -266,26 +319,39 @@ class OnnxPredictor:
             box: (4,) x0, y0, x1, y1; or (B, 4) for B boxes (the points and mask_input, if given,
                 apply to each box; one decoder run per box).
             mask_input: (1, 256, 256) low-res logits from a previous call.
-            multimask_output: the 3 multimask outputs instead of the single-mask output.
+            multimask_output: the 3 multimask outputs instead of the single-mask output (HQ-SAM:
+                one mask either way, whose SAM part is the best of the 3 instead of the single one).
             return_logits: return mask logits instead of booleans.
+            hq_token_only: HQ-SAM graphs only: the HQ token's mask alone, without SAM's mask
+                added; True raises ValueError for other graphs.
 
         Returns:
             masks (C, H, W) bool (or float32 logits), scores (C,) float32, low-res logits
-            (C, 256, 256) float32; with B > 1 boxes each gets a leading B axis.
+            (C, 256, 256) float32 (C = 1 for HQ-SAM); with B > 1 boxes each gets a leading B axis.
         """
         self._require_image()
         assert self.original_size is not None and self.features is not None
+        if hq_token_only and self.family != "hq":
+            raise ValueError(f"hq_token_only: only HQ-SAM models (hq_vit_*) have an HQ token, not {self._model_name}")
+        stretch = self._interface.framing == "stretch"
         coords = np.zeros((0, 2), dtype=np.float32)
         labels = np.zeros((0,), dtype=np.float32)
         if point_coords is not None:
             points = as_points(point_coords)
-            coords = map_coords(points, self.original_size, self.img_size)  # (N, 2) float32
+            if stretch:
+                coords = map_coords_to_square(points, self.original_size, self.img_size)  # (N, 2) float32
+            else:
+                coords = map_coords(points, self.original_size, self.img_size)  # (N, 2) float32
             labels = as_labels(point_labels, points.shape[0]).astype(np.float32)  # (N,)
         elif point_labels is not None:
             raise ValueError("point_labels: given without point_coords")
         boxes: np.ndarray | None = None
         if box is not None:
-            boxes = map_boxes(as_boxes(box), self.original_size, self.img_size)  # (B, 4) float32
+            checked = as_boxes(box)  # (B, 4)
+            if stretch:
+                boxes = map_coords_to_square(checked.reshape(-1, 2, 2), self.original_size, self.img_size).reshape(-1, 4)
+            else:
+                boxes = map_boxes(checked, self.original_size, self.img_size)  # (B, 4) float32
         mask = np.zeros((1, 1, *self.mask_input_size), dtype=np.float32)
         has_mask = np.zeros((1,), dtype=np.float32)
         if mask_input is not None:
@@ -293,9 +359,12 @@ class OnnxPredictor:
             has_mask[0] = 1.0
 
         results = []
+        arrange = self._sam2_points if self.family == "sam2" else self._official_points
         for single_box in [None] if boxes is None else list(boxes):
-            prompt_coords, prompt_labels = self._official_points(coords, labels, single_box)
-            results.append(self._decode(prompt_coords, prompt_labels, mask, has_mask, multimask_output, return_logits))
+            prompt_coords, prompt_labels = arrange(coords, labels, single_box)
+            results.append(
+                self._decode(prompt_coords, prompt_labels, mask, has_mask, multimask_output, return_logits, hq_token_only)
+            )
         masks, scores, low_res = (np.stack(parts) for parts in zip(*results))
         if boxes is None or boxes.shape[0] == 1:
             return masks[0], scores[0], low_res[0]
@@ -320,6 +389,22 @@ class OnnxPredictor:
             labels = np.concatenate([labels, np.asarray([_LABEL_PADDING], dtype=np.float32)])
         return coords[None].astype(np.float32), labels[None].astype(np.float32)
 
+    @staticmethod
+    def _sam2_points(coords: np.ndarray, labels: np.ndarray, box: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Points in SAM 2's order: (1, N', 2) coords and (1, N') labels.
+
+        A box becomes two corner points labelled 2 and 3 before the points, and a padding
+        point (0, 0) labelled -1 always follows (SAM 2's prompt encoder appends it even after a
+        box); without points and box no sparse prompt is given.
+        """
+        if box is not None:
+            coords = np.concatenate([box.reshape(2, 2), coords], axis=0)  # (2+N, 2)
+            labels = np.concatenate([np.asarray(_LABEL_BOX_CORNERS, dtype=np.float32), labels])
+        if coords.shape[0] > 0:
+            coords = np.concatenate([coords, np.zeros((1, 2), dtype=np.float32)], axis=0)  # (N'+1, 2)
+            labels = np.concatenate([labels, np.asarray([_LABEL_PADDING], dtype=np.float32)])
+        return coords[None].astype(np.float32), labels[None].astype(np.float32)
+
     def _decode(
         self,
         coords: np.ndarray,
@@ -328,18 +413,22 @@ class OnnxPredictor:
         has_mask: np.ndarray,
         multimask_output: bool,
         return_logits: bool,
+        hq_token_only: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One decoder run -> masks (C, H, W), scores (C,), low-res logits (C, 256, 256)."""
         assert self.features is not None and self.original_size is not None
         feed = {
-            "image_embeddings": self.features,
+            **self._image_outputs,
             "point_coords": coords,
             "point_labels": labels,
             "mask_input": mask,
             "has_mask_input": has_mask,
             "orig_im_size": np.asarray(self.original_size, dtype=np.float32),
         }
-        masks, scores, low_res = self.decoder.run(list(_DECODER_OUTPUTS), feed)  # (1, M, H, W), (1, M), ...
+        if self.family == "hq":
+            feed["multimask_output"] = np.asarray([float(multimask_output)], dtype=np.float32)
+            feed["hq_token_only"] = np.asarray([float(hq_token_only)], dtype=np.float32)
+        masks, scores, low_res = self.decoder.run(list(_RESULT_OUTPUTS), feed)  # (1, M, H, W), (1, M), ...
         if masks.shape[1] > 1:
             selected = slice(1, None) if multimask_output else slice(0, 1)
             masks, scores, low_res = masks[:, selected], scores[:, selected], low_res[:, selected]
