@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 from pathlib import Path
@@ -25,6 +26,7 @@ from samkit.everything import SamAutomaticMaskGenerator
 from samkit.everything import job as job_module
 from samkit.everything.job import collect_inputs, run_everything
 from samkit.everything.rle import rle_to_mask
+from samkit.jobs import local_engine
 
 from .conftest import make_image
 
@@ -104,14 +106,14 @@ def test_resume_after_a_kill(tiny_model: Any, images: Path, tmp_path: Path, monk
     real_write = job_module.OutputWriter.write
     calls = {"n": 0}
 
-    def dying_write(self: Any, result: Any) -> None:
+    def dying_write(self: Any, result: Any) -> int:
         calls["n"] += 1
         if calls["n"] == 2:  # die in the middle of the second image's outputs
             folder = self.image_dir(result.task)
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "0.png").write_bytes(b"partial")
             raise KeyboardInterrupt
-        real_write(self, result)
+        return real_write(self, result)
 
     monkeypatch.setattr(job_module.OutputWriter, "write", dying_write)
     with pytest.raises(KeyboardInterrupt):
@@ -247,7 +249,7 @@ def test_engine_contract(tiny_model: Any, images: Path, tmp_path: Path) -> None:
     def twice(tasks: list[Any], sink: Any) -> dict[str, Any]:
         engine_calls.append([t.name for t in tasks])
         outcomes: list[Any] = []
-        job_module.local_engine(_generator(tiny_model))(list(reversed(tasks)), outcomes.append)  # any order
+        local_engine(functools.partial(job_module.segment_task, _generator(tiny_model)))(list(reversed(tasks)), outcomes.append)  # any order
         for outcome in outcomes + outcomes:  # e.g. a retried worker call
             sink(outcome)
         return {"calls": len(engine_calls)}

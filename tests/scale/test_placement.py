@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from samkit.scale.placement import PlacementError, plan_actors, wants_gpu
+from samkit.jobs.placement import PlacementError, plan_actors, wants_gpu
 
 ONE_CPU_NODE = [{"CPU": 2.0}]
 GPU_NODE = [{"CPU": 16.0, "GPU": 2.0}]

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from samkit.modeling import Sam
-from samkit.scale.placement import PlacementError
-from samkit.scale.work import ImageResult, WorkItem
+from samkit.jobs import ImageResult, ImageTask, ray_engine
+from samkit.jobs.placement import PlacementError
+from samkit.scale.embed import EmbedWork
 
 ray = pytest.importorskip("ray")  # the optional extra samkit[ray]
 
@@ -47,31 +48,25 @@ def _run_with_deadline(fn: Callable[[], Any], seconds: float) -> Any:
     return outcome["value"]
 
 
-def _items(image_dir: Path, n: int) -> list[WorkItem]:
-    images = sorted(str(p) for p in image_dir.rglob("*.png"))[:n]
-    return [WorkItem(index=i, image=image, output=f"embeddings/{i}.safetensors") for i, image in enumerate(images)]
+def _tasks(image_dir: Path, n: int) -> list[ImageTask]:
+    images = sorted(image_dir.rglob("*.png"))[:n]
+    return [ImageTask(path=image, name=str(i)) for i, image in enumerate(images)]
 
 
 def test_more_gpu_workers_than_gpus_fails_at_once(fake_gpu_cluster, tiny_factory: Callable[[], Sam], image_dir: Path) -> None:  # type: ignore[no-untyped-def]
-    from samkit.scale.ray_engine import run_ray
-
     results: list[ImageResult] = []
-    kwargs = {"kind": "embed", "model_factory": tiny_factory, "generator_kwargs": None, "threads": None}
+    engine = ray_engine(EmbedWork(tiny_factory), workers=2)
     with pytest.raises(PlacementError, match="2 workers with a GPU each need 2 GPUs"):
         # auto on a cluster with GPUs: one GPU per actor, and only one GPU: before, the second
         # actor stayed pending with images queued on it, and the job never ended.
-        _run_with_deadline(lambda: run_ray(_items(image_dir, 2), kwargs, results.append, workers=2), 30)
+        _run_with_deadline(lambda: engine(_tasks(image_dir, 2), results.append), 30)
     assert results == []
 
 
 def test_device_cpu_takes_no_gpu_and_finishes(fake_gpu_cluster, tiny_factory: Callable[[], Sam], image_dir: Path) -> None:  # type: ignore[no-untyped-def]
-    from samkit.scale.ray_engine import run_ray
-
     results: list[ImageResult] = []
-    kwargs = {"kind": "embed", "model_factory": tiny_factory, "generator_kwargs": None, "threads": None}
-    stats = _run_with_deadline(
-        lambda: run_ray(_items(image_dir, 2), kwargs, results.append, workers=2, device="cpu"), 120
-    )
+    engine = ray_engine(EmbedWork(tiny_factory), workers=2, device="cpu")
+    stats = _run_with_deadline(lambda: engine(_tasks(image_dir, 2), results.append), 120)
     assert stats["gpu"] is False and stats["actors"] == 2
     assert stats["cpus_per_worker"] == 1.0 and stats["threads"] == 1  # each actor's share of the 2 CPUs
-    assert sorted(r.item.index for r in results) == [0, 1] and all(r.ok for r in results), results
+    assert sorted(r.task.name for r in results) == ["0", "1"] and all(r.ok for r in results), results

@@ -120,15 +120,15 @@ def test_bad_arguments_raise(
 
 
 def test_embed_cli_runs_resumes_and_rejects_bad_options(tiny_factory, image_dir, tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
-    import samkit.scale.cli_support as cli_support
+    import samkit.cli.engine_options as engine_options
     from samkit.cli import main
 
-    monkeypatch.setattr(cli_support, "model_factory", lambda args: (tiny_factory, "tiny"))
+    monkeypatch.setattr(engine_options, "model_factory", lambda args: (tiny_factory, "tiny"))
     out = tmp_path / "cli"
     assert main(["embed", str(image_dir / "a"), "--out", str(out), "--no-progress"]) == 0
-    assert "2 processed, 0 already done" in capsys.readouterr().out
+    assert "2 image(s) embedded, 0 already complete" in capsys.readouterr().out
     assert main(["embed", str(image_dir / "a"), "--out", str(out), "--no-progress"]) == 0
-    assert "0 processed, 2 already done" in capsys.readouterr().out
+    assert "0 image(s) embedded, 2 already complete" in capsys.readouterr().out
     assert len(list((out / "embeddings").iterdir())) == 2
     assert main(["embed", str(image_dir), "--out", str(out), "--workers", "2"]) == 2
     assert "need --engine ray" in capsys.readouterr().err
@@ -137,4 +137,4 @@ def test_embed_cli_runs_resumes_and_rejects_bad_options(tiny_factory, image_dir,
     assert main(["embed", str(image_dir), "--out", str(tmp_path / "flat"), "--no-progress"]) == 2
     assert "--recursive" in capsys.readouterr().err
     assert main(["embed", str(image_dir), "--out", str(out), "--no-progress", "--recursive"]) == 0
-    assert "3 processed, 2 already done" in capsys.readouterr().out
+    assert "3 image(s) embedded, 2 already complete" in capsys.readouterr().out

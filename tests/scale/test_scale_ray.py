@@ -1,5 +1,5 @@
-"""The Ray engines on a local 2-CPU cluster started by this module: ``samkit.scale.run_job``
-and ``samkit everything --engine ray``.
+"""The Ray engine (:func:`samkit.jobs.ray_engine`) on a local 2-CPU cluster started by this module:
+``samkit.scale.run_job`` and ``samkit everything --engine ray``.
 
 Checks that they write the same files as the local engines, and that killing a worker mid-job
 loses and duplicates no image.
@@ -131,7 +131,7 @@ def test_everything_cli_ray_writes_the_local_files(ray_cluster, tiny_factory, im
     """``samkit everything --engine ray`` = ``--engine local``: same PNGs, metadata, COCO, overlays, markers."""
     import samkit.build as build_module
     from samkit.cli import main
-    from samkit.scale import cli_support
+    from samkit.cli import engine_options
 
     monkeypatch.setattr(build_module, "build_sam", lambda *args, **kwargs: tiny_factory())  # --engine local
     factories: list[str] = []
@@ -140,7 +140,7 @@ def test_everything_cli_ray_writes_the_local_files(ray_cluster, tiny_factory, im
         factories.append(args.engine)
         return tiny_factory, "tiny"
 
-    monkeypatch.setattr(cli_support, "model_factory", model_factory)  # --engine ray
+    monkeypatch.setattr(engine_options, "model_factory", model_factory)  # --engine ray
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
     inputs = [*_three(image_dir), str(bad)]  # two of the three are called one.png
@@ -169,11 +169,12 @@ def test_everything_cli_ray_writes_the_local_files(ray_cluster, tiny_factory, im
 def test_everything_killed_worker_is_retried_without_lost_or_duplicated_images(  # type: ignore[no-untyped-def]
     ray_cluster, tiny_factory, image_dir, tmp_path, generator_kwargs
 ) -> None:
-    from samkit.scale.everything_engine import ray_everything_engine
+    from samkit.everything.job import SegmentWork
+    from samkit.jobs import ray_engine
 
     flag = tmp_path / "crashed"
     out = tmp_path / "out"
-    crashing = ray_everything_engine(_crash_once(tiny_factory, str(flag)), generator_kwargs, workers=2, threads=1)
+    crashing = ray_engine(SegmentWork(_crash_once(tiny_factory, str(flag)), generator_kwargs), workers=2, threads=1)
     summary = run_everything(None, _three(image_dir), out, fmt="both", engine=crashing)
     assert flag.exists()  # a worker really died
     assert (summary.done, summary.skipped, summary.failed) == (3, 0, 0)

@@ -1,33 +1,35 @@
-"""``annotate``: detector boxes in, a labelled mask data set out; resumable.
-
-The work is split like segment-everything's job (:mod:`samkit.everything.job`):
+"""``annotate``: detector boxes in, a labelled mask data set out; resumable; on :mod:`samkit.jobs`.
 
 * :func:`plan_tasks` pairs the images named by the detections with the input files (the same
   input rules as ``samkit everything``);
 * :func:`annotate_task` is the pure per-image function: read the image, embed it once, decode
-  all its boxes in batches, encode the masks;
-* each image's result is written atomically to ``OUT/.samkit-annotate/<name>.json`` together
-  with the settings that made it, so a rerun with the same settings and detections skips it;
+  all its boxes in batches, encode the masks; :class:`AnnotateWork` builds it in a Ray actor;
+* :class:`ResultStore` writes each image's result atomically to ``OUT/.samkit-annotate/<name>.json``
+  together with its marker (the settings that made it), so a rerun with the same settings and
+  detections skips it;
 * the data set files (COCO, YOLO-seg, Label Studio) are written at the end from the stored
   results of every complete image.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..everything.job import ImageTask, collect_inputs
 from ..inputs import InputFile
-from ..io import ImageReadError, atomic_write_text, load_image
+from ..io import atomic_write_text, load_image
+from ..jobs import ImageResult, ImageTask, JobSummary, Markers, build_model, collect_inputs, local_engine, ray_engine, run_tasks
+from ..jobs.markers import read_json
+from ..jobs.work import model_name
 from ..modeling import Sam
 from ..predictor import SamPredictor
 from .boxes import MULTIMASK_CHOICES, masks_for_boxes
@@ -35,12 +37,16 @@ from .detections import BadRow, Detection, DetectionSet, ImageRecord, clip_box, 
 from .outputs import COCO_FILE, FORMATS, LABELSTUDIO_FILE, AnnotatedImage, write_coco, write_labelstudio, write_yolo
 from .records import instance_records
 
-__all__ = ["AnnotateSummary", "AnnotateTask", "annotate", "annotate_task", "plan_tasks"]
+__all__ = ["ENGINES", "AnnotateSummary", "AnnotateTask", "AnnotateWork", "ResultStore", "annotate", "annotate_task", "plan_tasks"]
 
 logger = logging.getLogger(__name__)
 
 STATE_DIR = ".samkit-annotate"
 SEGMENTATION_CHOICES = ("rle", "polygons")
+ENGINES = ("local", "ray")
+
+# What annotate returns: the job summary, with the detections skipped (bad_rows) and below_score.
+AnnotateSummary = JobSummary
 
 
 @dataclass(frozen=True)
@@ -51,43 +57,15 @@ class AnnotateTask:
     image: ImageRecord
     detections: tuple[Detection, ...]
 
+    @property
+    def path(self) -> Path:
+        """The image file."""
+        return self.task.path
 
-@dataclass
-class AnnotateSummary:
-    """Counts of an :func:`annotate` run.
-
-    Attributes:
-        done, skipped, failed: images annotated now, complete from an earlier run, unreadable.
-        masks: masks made now.
-        seconds: wall time of the run; decode_seconds: of it, the time in :func:`annotate_task`.
-        bad_rows: detections skipped, with where they are and why (every run reports all).
-        below_score: detections under the minimum score.
-        failures: (image path, reason) of each unreadable image.
-        outputs: the files written, by format.
-    """
-
-    done: int = 0
-    skipped: int = 0
-    failed: int = 0
-    masks: int = 0
-    seconds: float = 0.0
-    decode_seconds: float = 0.0
-    bad_rows: list[BadRow] = field(default_factory=list)
-    below_score: int = 0
-    failures: list[tuple[str, str]] = field(default_factory=list)
-    outputs: dict[str, Path] = field(default_factory=dict)
-
-    def line(self) -> str:
-        """One-line human summary."""
-        rate = self.masks / self.decode_seconds if self.decode_seconds > 0 else 0.0
-        text = (
-            f"{self.done} image(s) annotated, {self.skipped} already complete (skipped), {self.failed} failed; "
-            f"{self.masks} mask(s) ({rate:.1f} boxes/s including reading and embedding images); "
-            f"{len(self.bad_rows)} bad row(s) skipped"
-        )
-        if self.below_score:
-            text += f", {self.below_score} below the minimum score"
-        return text + f"; {self.seconds:.1f} s"
+    @property
+    def name(self) -> str:
+        """The name of the image's stored result."""
+        return self.task.name
 
 
 def plan_tasks(detections: DetectionSet, tasks: Sequence[ImageTask]) -> tuple[list[AnnotateTask], list[BadRow]]:
@@ -171,32 +149,65 @@ def annotate_task(predictor: SamPredictor, item: AnnotateTask, *, multimask: str
     )
 
 
-class _ResultStore:
-    """Per-image results under ``OUT/.samkit-annotate/``, each one file written atomically with its settings."""
+@dataclass(frozen=True)
+class AnnotateWork:
+    """:func:`annotate_task` as an :class:`samkit.jobs.ImageWork` (built in each Ray actor).
+
+    Attributes:
+        model_factory: builds the model; must pickle.
+        multimask, batch_size: as for :func:`annotate_task`.
+    """
+
+    model_factory: Callable[[], Sam]
+    multimask: str = "best"
+    batch_size: int = 32
+
+    def build(self) -> Callable[[AnnotateTask], AnnotatedImage]:
+        """A predictor around a new model replica, bound into :func:`annotate_task`."""
+        predictor = SamPredictor(build_model(self.model_factory))
+        return functools.partial(annotate_task, predictor, multimask=self.multimask, batch_size=self.batch_size)
+
+
+class ResultStore:
+    """Per-image results under ``OUT/.samkit-annotate/``, each one file written atomically with its marker.
+
+    Args:
+        out_dir: output folder.
+        settings: what the results depend on (detections digest, options, model).
+    """
 
     def __init__(self, out_dir: Path, settings: dict[str, Any]) -> None:
         self.folder = out_dir / STATE_DIR
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.settings = json.loads(json.dumps(settings, sort_keys=True))
+        self.markers = Markers(settings)
+        self.settings = self.markers.settings
+        self.loaded: dict[AnnotateTask, AnnotatedImage] = {}
 
     def _path(self, item: AnnotateTask) -> Path:
         return self.folder / f"{item.task.name}.json"
 
-    def _marker(self, item: AnnotateTask) -> dict[str, Any]:
-        return {"source": str(item.task.path.resolve()), "image_id": item.image.id, "settings": self.settings}
-
     def load(self, item: AnnotateTask) -> AnnotatedImage | None:
         """The stored result of the image, if complete and made with these settings."""
-        try:
-            data = json.loads(self._path(item).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        if item in self.loaded:
+            return self.loaded[item]
+        data = read_json(self._path(item))
+        if not isinstance(data, dict) or not self.markers.matches(data.get("marker"), item.path, image_id=item.image.id):
             return None
-        if data.get("marker") != self._marker(item):
-            return None
-        return AnnotatedImage.from_json(data["result"])
+        self.loaded[item] = AnnotatedImage.from_json(data["result"])
+        return self.loaded[item]
 
-    def save(self, item: AnnotateTask, result: AnnotatedImage) -> None:
-        atomic_write_text(self._path(item), json.dumps({"marker": self._marker(item), "result": result.to_json()}))
+    def is_complete(self, item: AnnotateTask) -> bool:
+        """Whether a result made with these settings is stored."""
+        return self.load(item) is not None
+
+    def write(self, result: ImageResult) -> int:
+        """Store one image's result (``result.output``: an :class:`AnnotatedImage`); returns its masks."""
+        item: AnnotateTask = result.task
+        annotated: AnnotatedImage = result.output
+        marker = self.markers.marker(item.path, image_id=item.image.id)
+        atomic_write_text(self._path(item), json.dumps({"marker": marker, "result": annotated.to_json()}))
+        self.loaded[item] = annotated
+        return len(annotated.records)
 
 
 def annotate(
@@ -204,7 +215,12 @@ def annotate(
     boxes: str | os.PathLike[str],
     out: str | os.PathLike[str],
     *,
-    model: Sam | SamPredictor,
+    model: Sam | SamPredictor | None = None,
+    model_factory: Callable[[], Sam] | None = None,
+    engine: str = "local",
+    workers: int = 1,
+    ray_address: str | None = None,
+    threads: int | None = None,
     dataset: str | os.PathLike[str] | None = None,
     classes: str | os.PathLike[str] | None = None,
     fmt: str = "coco",
@@ -218,7 +234,7 @@ def annotate(
     progress: bool = False,
     on_bad_row: Callable[[BadRow], None] | None = None,
     on_failure: Callable[[str, str], None] | None = None,
-) -> AnnotateSummary:
+) -> JobSummary:
     """Turn detector boxes into masks and write them as a labelled data set; resumable.
 
     Args:
@@ -227,7 +243,16 @@ def annotate(
             annotations, or a folder of YOLO txt files (with ``classes``, default
             ``classes.txt`` in it); see :func:`samkit.annotation.detections.read_detections`.
         out: output folder.
-        model: the SAM model (or a predictor around it).
+        model: the SAM model (or a predictor around it); for the local engine.
+        model_factory: builds the model in each worker (``engine="ray"``; must pickle, e.g.
+            ``functools.partial(build_sam, "vit_b", checkpoint)``); the local engine builds one
+            with it when ``model`` is not given.
+        engine: ``"local"`` (this process) or ``"ray"`` (``workers`` model replicas on Ray,
+            ``pip install 'samkit[ray]'``; the files are the same as with the local engine).
+        workers: Ray actors (model replicas); 1 for the local engine.
+        ray_address: Ray cluster to join (None: the one this process is connected to, else a
+            new local one).
+        threads: torch threads (local) or per actor (Ray; default: its CPUs).
         dataset: the COCO data set naming the images and categories of a results file.
         classes: the YOLO classes file.
         fmt: ``"coco"`` (``OUT/annotations.json``), ``"yolo"`` (``OUT/labels/*.txt`` +
@@ -240,18 +265,17 @@ def annotate(
         image_url_prefix: Label Studio tasks name each image ``prefix + file_name``.
         signature: extra settings recorded with the results (e.g. the model name and checkpoint);
             a change makes a rerun redo every image.
-        progress: show a progress bar over images.
+        progress: show progress over images (a bar on a terminal, else a line every ~10 s).
         on_bad_row: called with each skipped detection row (else they are logged as warnings).
         on_failure: called with (image path, reason) for each unreadable image (else logged).
 
     Returns:
-        the counts and the files written.
+        the counts (``done``, ``skipped``, ``failed``, ``masks``, ``bad_rows``, ``below_score``,
+        ``work_seconds``: time in :func:`annotate_task`) and the files written (``outputs``).
 
     Raises:
         FileNotFoundError, ValueError: missing or malformed inputs, or a bad option.
     """
-    from tqdm.auto import tqdm
-
     if fmt not in FORMATS:
         raise ValueError(f"fmt: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     if multimask not in MULTIMASK_CHOICES:
@@ -260,7 +284,24 @@ def annotate(
         raise ValueError(f"segmentation: expected one of {', '.join(SEGMENTATION_CHOICES)}, got {segmentation!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
-    predictor = model if isinstance(model, SamPredictor) else SamPredictor(model)
+    if engine not in ENGINES:
+        raise ValueError(f"engine: expected one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "local" and workers != 1:
+        raise ValueError("workers: the local engine runs one model in this process; use engine='ray' for more")
+    predictor: SamPredictor | None = None
+    if engine == "ray":
+        if model_factory is None:
+            raise ValueError("model_factory: needed with engine='ray' (each worker builds its model)")
+        name = model_name(model_factory)
+        run = ray_engine(AnnotateWork(model_factory, multimask, batch_size), workers=workers, address=ray_address, threads=threads)
+    else:
+        if model is None and model_factory is None:
+            raise ValueError("model: needed (or model_factory)")
+        if model is None:
+            model = build_model(model_factory)  # type: ignore[arg-type]
+        predictor = model if isinstance(model, SamPredictor) else SamPredictor(model)
+        name = predictor.model.config.name
+        run = local_engine(functools.partial(annotate_task, predictor, multimask=multimask, batch_size=batch_size), threads=threads)
     start = time.perf_counter()
     out_dir = Path(out)
     inputs = [images] if isinstance(images, (str, os.PathLike)) else list(images)
@@ -269,37 +310,14 @@ def annotate(
         boxes, [InputFile(t.path, t.file_name or t.path.name) for t in tasks], dataset=dataset, classes=classes, min_score=min_score
     )
     planned, unmatched = plan_tasks(found, tasks)
-    summary = AnnotateSummary(bad_rows=[*found.bad_rows, *unmatched], below_score=found.below_score)
-    settings = {
-        "detections": found.digest,
-        "min_score": min_score,
-        "multimask": multimask,
-        "model": predictor.model.config.name,
-        **(signature or {}),
-    }
-    store = _ResultStore(out_dir, settings)
-    results: list[AnnotatedImage] = []
-    with tqdm(total=len(planned), disable=not progress, desc="images", unit="image") as bar:
-        for item in planned:
-            result = store.load(item)
-            if result is not None:
-                summary.skipped += 1
-            else:
-                try:
-                    result = annotate_task(predictor, item, multimask=multimask, batch_size=batch_size)
-                except ImageReadError as exc:
-                    summary.failed += 1
-                    summary.failures.append((str(item.task.path), str(exc)))
-                    (on_failure or (lambda p, r: logger.warning("skipped %s: %s", p, r)))(str(item.task.path), str(exc))
-                    bar.update(1)
-                    continue
-                store.save(item, result)
-                summary.done += 1
-                summary.masks += len(result.records)
-                summary.decode_seconds += result.seconds
-            summary.bad_rows.extend(result.rejected)
-            results.append(result)
-            bar.update(1)
+    summary = JobSummary("annotate", engine=engine, bad_rows=[*found.bad_rows, *unmatched], below_score=found.below_score)
+    settings = {"detections": found.digest, "min_score": min_score, "multimask": multimask, "model": name, **(signature or {})}
+    store = ResultStore(out_dir, settings)
+    report = None if on_failure is None else (lambda item, reason: on_failure(str(item.path), reason))
+    run_tasks(planned, run, store, summary, progress=progress, on_failure=report)
+    results = [result for result in map(store.load, planned) if result is not None]  # complete images, input order
+    for result in results:
+        summary.bad_rows.extend(result.rejected)
     for row in summary.bad_rows:
         if on_bad_row is not None:
             on_bad_row(row)
@@ -312,8 +330,7 @@ def annotate(
         summary.outputs["yolo"] = write_yolo(out_dir, results, found.categories)
     if fmt in ("labelstudio", "all"):
         summary.outputs["labelstudio"] = write_labelstudio(
-            out_dir / LABELSTUDIO_FILE, results, found.categories, image_url_prefix=image_url_prefix,
-            model_version=f"samkit-{predictor.model.config.name}",
+            out_dir / LABELSTUDIO_FILE, results, found.categories, image_url_prefix=image_url_prefix, model_version=f"samkit-{name}"
         )
     summary.seconds = time.perf_counter() - start
     return summary

@@ -13,6 +13,8 @@ __all__ = ["register", "run"]
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``annotate`` subcommand."""
+    from .engine_options import add_engine_args
+
     parser = subparsers.add_parser(
         "annotate",
         help="turn detector boxes into masks: COCO / YOLO-seg / Label Studio data sets",
@@ -20,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "as a labelled data set. DETECTIONS is a COCO results file (with --dataset), a COCO data set whose annotations "
         "carry boxes, or a folder of YOLO txt files (class cx cy w h [score], normalized; classes file: --classes, "
         "default DETECTIONS/classes.txt). Rerunning skips images already done with the same settings; bad rows are "
-        "reported with their line and skipped.",
+        "reported with their line and skipped. --engine ray --workers N decodes on N model replicas on Ray (a local "
+        "cluster, or --ray-address); the files are the same as with the local engine.",
     )
     parser.add_argument("inputs", nargs="+", metavar="IMAGES", help="image files, folders of images, or glob patterns")
     parser.add_argument("--boxes", required=True, metavar="DETECTIONS", help="COCO JSON file or YOLO txt folder")
@@ -49,9 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="Label Studio tasks name each image PREFIX + its file name (default: Label Studio's local files)",
     )
     parser.add_argument("-r", "--recursive", action="store_true", help="also read subfolders of input folders")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: automatic)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_args(parser)
+    add_engine_args(parser)  # --engine, --ray-address, --workers, --threads, --no-progress
     parser.set_defaults(func=run)
 
 
@@ -62,11 +64,11 @@ def run(args: argparse.Namespace) -> int:
 
     from ..annotation import annotate
     from . import UserError
+    from .engine_options import engine_kwargs, model_factory
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size: expected at least 1, got {args.batch_size}")
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads: expected at least 1, got {args.threads}")
+    engine = engine_kwargs(args)  # checks --threads, --workers / --ray-address and that Ray is there
     for option, value in (("--dataset", args.dataset), ("--classes", args.classes)):
         if value is not None:
             existing_file(value, option)
@@ -78,16 +80,22 @@ def run(args: argparse.Namespace) -> int:
     def failure(path: str, reason: str) -> None:
         tqdm.write(f"samkit annotate: skipped {path}: {reason}", file=sys.stderr)
 
+    if engine["engine"] == "ray":
+        factory, _ = model_factory(args)
+        models: dict[str, Any] = {"model_factory": factory, "workers": engine["workers"], "ray_address": engine["ray_address"]}
     threads_before = torch.get_num_threads()
     try:
-        if args.threads is not None:
-            torch.set_num_threads(args.threads)
-        model = load_model(args)
+        if engine["engine"] == "local":
+            if engine["threads"] is not None:
+                torch.set_num_threads(engine["threads"])  # while the model loads too
+            models = {"model": load_model(args)}
         summary = annotate(
             args.inputs,
             args.boxes,
             args.out,
-            model=model,
+            **models,
+            engine=engine["engine"],
+            threads=engine["threads"],
             dataset=args.dataset,
             classes=args.classes,
             fmt=args.format,
@@ -98,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
             recursive=args.recursive,
             image_url_prefix=args.image_url_prefix,
             signature={"model": args.model, "checkpoint": checkpoint, "dtype": args.dtype},
-            progress=not args.no_progress and sys.stderr.isatty(),
+            progress=engine["progress"] and sys.stderr.isatty(),
             on_bad_row=bad_row,
             on_failure=failure,
         )

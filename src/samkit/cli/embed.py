@@ -14,7 +14,7 @@ logger = logging.getLogger(__name__)
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``embed`` subcommand."""
-    from ..scale.cli_support import add_engine_args
+    from .engine_options import add_engine_args
 
     parser = subparsers.add_parser(
         "embed",
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``samkit embed``; returns 0, or 1 when some images failed."""
     from ..outputs import check_output_dir
     from ..scale import run_job
-    from ..scale.cli_support import engine_kwargs, model_factory
+    from .engine_options import engine_kwargs, model_factory
 
     engine = engine_kwargs(args)
     check_output_dir(args.out, what="--out")  # before the model loads: one line, exit 2
@@ -50,5 +50,5 @@ def run(args: argparse.Namespace) -> int:
         summary = run_job(
             "embed", args.inputs, args.out, model_factory=factory, job_id=job_id, recursive=args.recursive, **engine
         )
-    print(summary.describe())
+    print(summary.line())
     return 1 if summary.failed else 0

@@ -1,8 +1,8 @@
 """``samkit everything``: segment everything in many images (mask PNGs and/or COCO JSON).
 
 ``--engine local`` (default) segments in this process; ``--engine ray`` on a pool of Ray actors,
-one model replica each. Both write the same files (:func:`samkit.everything.job.run_everything`
-writes them, in this process, whichever engine segments).
+one model replica each (:mod:`samkit.jobs`). Both write the same files
+(:func:`samkit.everything.job.run_everything` writes them, in this process, whichever engine segments).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ _GENERATOR_OPTIONS: dict[str, tuple[str, type, Any]] = {
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``everything`` subcommand."""
-    from ..scale.cli_support import add_engine_args
+    from .engine_options import add_engine_args
 
     parser = subparsers.add_parser(
         "everything",
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from ..everything import SamAutomaticMaskGenerator
     from ..everything.job import collect_inputs, run_everything
     from ..outputs import check_output_dir
-    from ..scale.cli_support import engine_kwargs
+    from .engine_options import engine_kwargs
     from . import UserError
 
     kwargs = generator_kwargs(args)
@@ -134,13 +134,14 @@ def _ray_engine(args: argparse.Namespace, kwargs: dict[str, Any], engine: dict[s
     The actors build the generator, so a bad option would only show there, as workers that fail
     to start; :func:`_check_generator_options` reports it here first, as a one-line user error.
     """
-    from ..scale.cli_support import model_factory
-    from ..scale.everything_engine import ray_everything_engine
+    from ..everything.job import SegmentWork
+    from ..jobs import ray_engine
+    from .engine_options import model_factory
 
     _check_generator_options(kwargs)
     factory, _ = model_factory(args)
-    return ray_everything_engine(
-        factory, kwargs, workers=engine["workers"], address=engine["ray_address"], threads=engine["threads"]
+    return ray_engine(
+        SegmentWork(factory, kwargs), workers=engine["workers"], address=engine["ray_address"], threads=engine["threads"]
     )
 
 

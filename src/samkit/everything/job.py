@@ -1,24 +1,17 @@
-"""Segment-everything over many images with resumable, atomic outputs.
+"""``samkit everything`` over many images: its per-image work and its writer, on :mod:`samkit.jobs`.
 
-The work is split in three parts so that an engine other than the local loop (e.g. a cluster)
-can run the middle one:
-
-* :func:`collect_inputs` expands files, folders and globs into :class:`ImageTask` s;
-* :func:`segment_task` is the pure per-image function: image path -> :class:`ImageResult`
-  (JSON-ready records with COCO RLE masks);
-* :class:`OutputWriter` writes one image's outputs, and a done-marker last, and assembles the
-  COCO file from the per-image results on disk (so a resumed run keeps earlier images).
-
-:func:`run_everything` ties them together. It hands the pending tasks to an :data:`Engine`, which
-runs :func:`segment_task` somewhere and reports each image's outcome back to this process, the
-only writer: :func:`local_engine` (the default) segments in this process, in order;
-``samkit.scale.everything_engine.ray_everything_engine`` on a pool of Ray actors.
+* :func:`segment_task` is the pure per-image function: image -> :class:`SegmentedImage`
+  (JSON-ready records with COCO RLE masks); :class:`SegmentWork` builds it in a Ray actor;
+* :class:`OutputWriter` writes one image's outputs, and its done-marker last, and assembles the
+  COCO file from the per-image results on disk (so a resumed run keeps earlier images);
+* :func:`run_everything` ties them together with :func:`samkit.jobs.run_tasks`, on the local
+  engine (default) or any :data:`samkit.jobs.Engine` (e.g. ``samkit.jobs.ray_engine(SegmentWork(...))``).
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
+import functools
 import io
 import json
 import logging
@@ -26,37 +19,26 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..inputs import expand_inputs
+from ..io import atomic_write_text, draw_overlay, load_image, palette, save_image, save_mask_png
+from ..jobs import Engine, ImageResult, ImageTask, JobSummary, Markers, build_model, collect_inputs, local_engine, run_tasks
+from ..jobs.markers import read_json
 from ..outputs import remove_stale_temp_files
-from ..progress import make_progress
-from ..io import (
-    ImageReadError,
-    atomic_write_text,
-    draw_overlay,
-    load_image,
-    palette,
-    save_image,
-    save_mask_png,
-)
 from .rle import rle_to_mask
 
 __all__ = [
+    "COCO_FILE",
     "FORMATS",
-    "Engine",
-    "ImageResult",
     "ImageTask",
-    "JobSummary",
-    "Outcome",
     "OutputWriter",
-    "TaskFailure",
+    "SegmentWork",
+    "SegmentedImage",
     "collect_inputs",
-    "local_engine",
     "run_everything",
     "segment_task",
 ]
@@ -65,144 +47,33 @@ logger = logging.getLogger(__name__)
 
 FORMATS = ("png", "coco", "both")
 COCO_FILE = "annotations.json"
-_RESULT_FILE = "result.json"
-_DONE_FILE = ".done"
-_OVERLAY_CHUNK = 32
-_METADATA_HEADER = (
+RESULT_FILE = "result.json"
+DONE_FILE = ".done"
+OVERLAY_CHUNK = 32  # masks drawn at once: bounded memory for many masks
+METADATA_HEADER = (
     "id,area,bbox_x0,bbox_y0,bbox_w,bbox_h,point_input_x,point_input_y,predicted_iou,stability_score,"
     "crop_box_x0,crop_box_y0,crop_box_w,crop_box_h"
 )
 
 
-@dataclass(frozen=True)
-class ImageTask:
-    """One input image, the name of its output folder, and its COCO ``file_name``.
-
-    ``file_name`` is the image's path below the input folder it was found in (see
-    :class:`samkit.inputs.InputFile`); empty means the file's name.
-    """
-
-    path: Path
-    name: str
-    file_name: str = ""
-
-
 @dataclass
-class ImageResult:
+class SegmentedImage:
     """What :func:`segment_task` found in one image.
 
     Attributes:
-        task: the input.
         height, width: image size.
         records: generator records with ``segmentation`` as COCO RLE (string counts).
-        seconds: time spent.
     """
 
-    task: ImageTask
     height: int
     width: int
     records: list[dict[str, Any]]
-    seconds: float
-
-
-@dataclass(frozen=True)
-class TaskFailure:
-    """An image that could not be segmented, and why (one line)."""
-
-    task: ImageTask
-    reason: str
-
-
-# What an engine reports for one image.
-Outcome = ImageResult | TaskFailure
-
-# An engine runs segment_task on every task and calls the sink once per task, in this process, in
-# any order; it returns counters for JobSummary.details (or None).
-Engine = Callable[[list[ImageTask], Callable[[Outcome], None]], dict[str, Any] | None]
-
-
-@dataclass
-class JobSummary:
-    """Counts of a :func:`run_everything` run.
-
-    Attributes:
-        done, skipped, failed: images segmented now, complete from an earlier run, failed now.
-        masks: masks found in the images segmented now.
-        seconds: wall time of the run (listing inputs to COCO file; with Ray, starting the
-            workers and loading their models too).
-        failures: (image path, reason) of each failed image.
-        coco_path: the COCO file (coco and both formats).
-        details: the engine's counters (Ray: actors, resubmitted images, GPU use).
-    """
-
-    done: int = 0
-    skipped: int = 0
-    failed: int = 0
-    masks: int = 0
-    seconds: float = 0.0
-    failures: list[tuple[str, str]] = field(default_factory=list)
-    coco_path: Path | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def images_per_second(self) -> float:
-        """Images segmented in this run per second of wall time."""
-        return self.done / self.seconds if self.seconds > 0 else 0.0
-
-    def line(self) -> str:
-        """One-line human summary."""
-        text = (
-            # "failed" only for images not segmented; "already complete" only for earlier runs' work.
-            f"{self.done} image(s) segmented, {self.skipped} already complete, {self.failed} failed (not segmented); "
-            f"{self.masks} mask(s); {self.seconds:.1f} s ({self.images_per_second:.2f} images/s)"
-        )
-        if self.coco_path is not None:
-            text += f"; COCO: {self.coco_path}"
-        return text
-
-
-# --------------------------------------------------------------------------- inputs
-
-
-def collect_inputs(
-    inputs: Sequence[str | os.PathLike[str]],
-    *,
-    recursive: bool = False,
-    exclude: Sequence[str | os.PathLike[str]] = (),
-) -> list[ImageTask]:
-    """Expand image files, folders and glob patterns (see :mod:`samkit.inputs`) into tasks.
-
-    Every file found is a candidate: files that turn out not to be images are reported and
-    skipped when read. Output names are the file stems, made unique with a short hash of the
-    path when two inputs share a stem.
-
-    Args:
-        inputs: files, folders and glob patterns.
-        recursive: also take the files of subfolders.
-        exclude: folders never read from (the output folder).
-
-    Raises:
-        FileNotFoundError: an input names nothing (no file, folder or glob match).
-    """
-    found = expand_inputs(inputs, recursive=recursive, exclude=exclude)
-    stems: dict[str, int] = {}
-    for entry in found:
-        stems[entry.path.stem] = stems.get(entry.path.stem, 0) + 1
-    tasks = []
-    for entry in found:
-        path = entry.path
-        name = path.stem or "image"
-        if stems[path.stem] > 1:
-            digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
-            name = f"{name}-{digest}"
-        tasks.append(ImageTask(path=path, name=name, file_name=entry.relative))
-    return tasks
 
 
 # --------------------------------------------------------------------------- work
 
 
-def segment_task(generator: Any, task: ImageTask, *, progress: bool = False) -> ImageResult:
+def segment_task(generator: Any, task: ImageTask, *, progress: bool = False) -> SegmentedImage:
     """Segment one image (a pure function of the image and the generator settings).
 
     Args:
@@ -215,16 +86,33 @@ def segment_task(generator: Any, task: ImageTask, *, progress: bool = False) -> 
     """
     if generator.output_mode != "coco_rle":
         raise ValueError("generator: segment_task needs output_mode='coco_rle'")
-    start = time.perf_counter()
     image = load_image(task.path)
     records = generator.generate(image, progress=progress)
-    return ImageResult(
-        task=task,
-        height=int(image.shape[0]),
-        width=int(image.shape[1]),
-        records=records,
-        seconds=time.perf_counter() - start,
-    )
+    return SegmentedImage(height=int(image.shape[0]), width=int(image.shape[1]), records=records)
+
+
+@dataclass(frozen=True)
+class SegmentWork:
+    """:func:`segment_task` as an :class:`samkit.jobs.ImageWork` (built in each Ray actor).
+
+    Attributes:
+        model_factory: builds the model; must pickle.
+        generator_kwargs: :class:`samkit.SamAutomaticMaskGenerator` arguments (``output_mode``
+            is always ``"coco_rle"``).
+    """
+
+    model_factory: Callable[[], Any]
+    generator_kwargs: dict[str, Any] | None = None
+
+    def build(self) -> Callable[[ImageTask], SegmentedImage]:
+        """The generator around a new model replica, bound into :func:`segment_task`."""
+        from .generator import SamAutomaticMaskGenerator
+
+        kwargs = dict(self.generator_kwargs or {})
+        kwargs["output_mode"] = "coco_rle"
+        kwargs["progress"] = False
+        generator = SamAutomaticMaskGenerator(build_model(self.model_factory), **kwargs)
+        return functools.partial(segment_task, generator)
 
 
 # --------------------------------------------------------------------------- outputs
@@ -232,7 +120,7 @@ def segment_task(generator: Any, task: ImageTask, *, progress: bool = False) -> 
 
 def _metadata_csv(records: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
-    buffer.write(_METADATA_HEADER + "\n")
+    buffer.write(METADATA_HEADER + "\n")
     writer = csv.writer(buffer, lineterminator="\n")
     for i, rec in enumerate(records):
         x, y = rec["point_coords"][0]
@@ -261,7 +149,8 @@ class OutputWriter:
         self.out_dir = Path(out_dir)
         self.fmt = fmt
         self.overlay = overlay
-        self.signature = json.loads(json.dumps(signature, sort_keys=True))
+        self.markers = Markers(signature)
+        self.signature = self.markers.settings
         self.out_dir.mkdir(parents=True, exist_ok=True)
 
     def image_dir(self, task: ImageTask) -> Path:
@@ -269,31 +158,30 @@ class OutputWriter:
         return self.out_dir / task.name
 
     def _marker(self, task: ImageTask) -> dict[str, Any]:
-        return {"source": str(task.path.resolve()), "format": self.fmt, "overlay": self.overlay, "settings": self.signature}
+        return self.markers.marker(task.path, format=self.fmt, overlay=self.overlay)
 
     def is_complete(self, task: ImageTask) -> bool:
         """Whether the image's outputs are complete and were made with these settings."""
-        marker = self.image_dir(task) / _DONE_FILE
-        try:
-            return json.loads(marker.read_text(encoding="utf-8")) == self._marker(task)
-        except (OSError, ValueError):
-            return False
+        recorded = read_json(self.image_dir(task) / DONE_FILE)
+        return self.markers.matches(recorded, task.path, format=self.fmt, overlay=self.overlay)
 
-    def write(self, result: ImageResult) -> None:
-        """Write one image's outputs; the done-marker last."""
+    def write(self, result: ImageResult) -> int:
+        """Write one image's outputs (``result.output``: a :class:`SegmentedImage`); the
+        done-marker last. Returns the number of masks."""
         folder = self.image_dir(result.task)
         folder.mkdir(parents=True, exist_ok=True)
-        marker = folder / _DONE_FILE
+        marker = folder / DONE_FILE
         marker.unlink(missing_ok=True)
-        records = result.records
+        segmented: SegmentedImage = result.output
+        records = segmented.records
         payload = {
             "file_name": result.task.file_name or result.task.path.name,
             "source": str(result.task.path),
-            "height": result.height,
-            "width": result.width,
+            "height": segmented.height,
+            "width": segmented.width,
             "annotations": records,
         }
-        atomic_write_text(folder / _RESULT_FILE, json.dumps(payload))
+        atomic_write_text(folder / RESULT_FILE, json.dumps(payload))
         if self.fmt in ("png", "both"):
             for stale in folder.glob("*.png"):  # masks of an interrupted earlier attempt
                 if stale.stem.isdigit():
@@ -304,16 +192,17 @@ class OutputWriter:
         if self.overlay:
             save_image(folder / "overlay.png", self._overlay(result))
         atomic_write_text(marker, json.dumps(self._marker(result.task), sort_keys=True))
+        return len(records)
 
     @staticmethod
     def _overlay(result: ImageResult) -> np.ndarray:
         """All masks in distinct colours over the image, large masks first (small ones stay visible)."""
         picture = load_image(result.task.path)
-        records = result.records
+        records = result.output.records
         order = np.argsort([-rec["area"] for rec in records], kind="stable")
         colors = palette(len(records))
-        for start in range(0, len(order), _OVERLAY_CHUNK):  # bounded memory for many masks
-            chunk = order[start : start + _OVERLAY_CHUNK]
+        for start in range(0, len(order), OVERLAY_CHUNK):  # bounded memory for many masks
+            chunk = order[start : start + OVERLAY_CHUNK]
             masks = np.stack([rle_to_mask(records[i]["segmentation"]) for i in chunk])  # (k, H, W)
             picture = draw_overlay(picture, masks, colors=colors[chunk])
         return picture
@@ -324,7 +213,7 @@ class OutputWriter:
         for task in tasks:
             if not self.is_complete(task):
                 continue
-            data = json.loads((self.image_dir(task) / _RESULT_FILE).read_text(encoding="utf-8"))
+            data = json.loads((self.image_dir(task) / RESULT_FILE).read_text(encoding="utf-8"))
             image_id = len(images) + 1
             images.append({"id": image_id, "file_name": data["file_name"], "height": data["height"], "width": data["width"]})
             for rec in data["annotations"]:
@@ -355,31 +244,7 @@ class OutputWriter:
         return path
 
 
-# --------------------------------------------------------------------------- engines
-
-
-def local_engine(generator: Any, *, progress: bool = False) -> Engine:
-    """The engine that segments in this process, one image after the other.
-
-    Args:
-        generator: a :class:`samkit.SamAutomaticMaskGenerator` with ``output_mode="coco_rle"``.
-        progress: show a progress bar over prompt batches within each image.
-
-    Returns:
-        an :data:`Engine`: an unreadable image becomes a :class:`TaskFailure`; any other error
-        stops the run.
-    """
-
-    def run(tasks: list[ImageTask], sink: Callable[[Outcome], None]) -> None:
-        for task in tasks:
-            try:
-                result = segment_task(generator, task, progress=progress)
-            except ImageReadError as exc:
-                sink(TaskFailure(task, str(exc)))
-            else:
-                sink(result)
-
-    return run
+# --------------------------------------------------------------------------- job
 
 
 def run_everything(
@@ -415,13 +280,13 @@ def run_everything(
         progress: show progress: bars on a terminal (images, and prompt batches within an
             image), else a line about every 10 s (:mod:`samkit.progress`).
         on_failure: called with each failed task and the reason (the log then has it at INFO).
-        engine: where :func:`segment_task` runs (default: ``local_engine(generator)``); e.g.
-            ``samkit.scale.everything_engine.ray_everything_engine(...)``. Not called when
-            every image is complete.
+        engine: where :func:`segment_task` runs (default: :func:`samkit.jobs.local_engine` on
+            ``generator``); e.g. ``samkit.jobs.ray_engine(SegmentWork(factory, kwargs), workers=4)``.
+            Not called when every image is complete.
         recursive: also take the files of subfolders of the input folders.
 
     Returns:
-        the counts, and the COCO file path for the coco formats.
+        the counts, and the COCO file (``outputs["coco"]``, ``coco_path``) for the coco formats.
 
     Raises:
         ValueError: neither ``generator`` nor ``engine`` given, or a bad ``fmt``.
@@ -430,45 +295,15 @@ def run_everything(
         if generator is None:
             raise ValueError("generator: needed unless an engine is given")
         # Per-image prompt-batch bars only on a terminal; elsewhere the image count's lines suffice.
-        engine = local_engine(generator, progress=progress and sys.stderr.isatty())
+        bars = progress and sys.stderr.isatty()
+        engine = local_engine(lambda task: segment_task(generator, task, progress=bars))
+    summary = JobSummary("everything", engine=getattr(engine, "engine_name", "custom"))
     start = time.perf_counter()
     tasks = collect_inputs(inputs, recursive=recursive, exclude=[out_dir])
     remove_stale_temp_files(out_dir)  # left by a run killed mid-write
     writer = OutputWriter(out_dir, fmt, overlay=overlay, signature=signature or {})
-    summary = JobSummary()
-    pending = []
-    for task in tasks:
-        if writer.is_complete(task):
-            summary.skipped += 1
-        else:
-            pending.append(task)
-
-    handled: set[ImageTask] = set()
-
-    with make_progress(len(pending), desc="samkit everything", unit="images", enabled=progress) as bar:
-
-        def sink(outcome: Outcome) -> None:
-            if outcome.task in handled:  # an engine that reports an image twice never writes it twice
-                logger.warning("duplicate result for %s ignored", outcome.task.path)
-                return
-            handled.add(outcome.task)
-            if isinstance(outcome, TaskFailure):
-                summary.failed += 1
-                summary.failures.append((str(outcome.task.path), outcome.reason))
-                if on_failure is not None:  # the caller reports it (the CLI prints it once)
-                    logger.info("skipped %s: %s", outcome.task.path, outcome.reason)
-                    on_failure(outcome.task, outcome.reason)
-                else:
-                    logger.warning("skipped %s: %s", outcome.task.path, outcome.reason)
-            else:
-                writer.write(outcome)
-                summary.done += 1
-                summary.masks += len(outcome.records)
-            bar.update(1)
-
-        if pending:
-            summary.details = dict(engine(pending, sink) or {})
+    run_tasks(tasks, engine, writer, summary, progress=progress, on_failure=on_failure)
     if fmt in ("coco", "both"):
-        summary.coco_path = writer.write_coco(tasks)
+        summary.outputs["coco"] = writer.write_coco(tasks)
     summary.seconds = time.perf_counter() - start
     return summary

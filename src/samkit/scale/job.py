@@ -1,4 +1,4 @@
-"""``run_job``: list images, skip finished ones, run the rest on an engine, write the manifest.
+"""``run_job``: one output file per image and a manifest (``samkit embed``), on :mod:`samkit.jobs`.
 
 Exactly-once contract: each image's output file is written atomically (write to a temporary
 file, then rename) by this process only, so an output file exists only when it is complete and
@@ -14,65 +14,22 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..io import atomic_write_bytes, atomic_write_text
+from ..jobs import ImageResult, ImageTask, JobSummary, local_engine, ray_engine, run_tasks
+from ..jobs.markers import read_json
 from ..modeling import Sam
 from ..outputs import remove_stale_temp_files
-from ..progress import make_progress
-from .layout import JOB_FILE_NAME, MANIFEST_NAME, list_images, read_json, work_items
-from .work import ImageResult, WorkItem, output_bytes
+from .layout import JOB_FILE_NAME, MANIFEST_NAME, job_tasks
 
-__all__ = ["ENGINES", "JOB_KINDS", "JobSummary", "run_job"]
+__all__ = ["ENGINES", "JOB_KINDS", "run_job"]
 
 logger = logging.getLogger(__name__)
 
 JOB_KINDS = ("everything", "embed")
 ENGINES = ("local", "ray")
-
-
-@dataclass
-class JobSummary:
-    """What a job did.
-
-    Attributes:
-        kind: ``"everything"`` or ``"embed"``.
-        engine: ``"local"`` or ``"ray"``.
-        total: images in the job.
-        processed: images processed in this run.
-        skipped: images already done by an earlier run.
-        failed: images that failed in this run (listed in the manifest with the reason).
-        seconds: wall time of this run (listing to manifest).
-        out_dir: the output directory.
-        manifest: path of the manifest.
-        details: engine counters (Ray: actors, resubmitted images, GPU use).
-    """
-
-    kind: str
-    engine: str
-    total: int
-    processed: int
-    skipped: int
-    failed: int
-    seconds: float
-    out_dir: Path
-    manifest: Path
-    details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def images_per_second(self) -> float:
-        """Images processed in this run per second of wall time."""
-        return self.processed / self.seconds if self.seconds > 0 else 0.0
-
-    def describe(self) -> str:
-        """One line for humans."""
-        return (
-            f"{self.kind} ({self.engine}): {self.total} images, {self.processed} processed, "
-            f"{self.skipped} already done, {self.failed} failed in {self.seconds:.1f} s "
-            f"({self.images_per_second:.2f} images/s); manifest: {self.manifest}"
-        )
 
 
 def run_job(
@@ -121,7 +78,7 @@ def run_job(
             under ``out_dir``).
 
     Returns:
-        a :class:`JobSummary`.
+        a :class:`samkit.jobs.JobSummary` (``command`` is ``kind``; ``outputs["manifest"]``).
 
     Raises:
         ValueError: bad kind, engine, workers or generator_kwargs; or ``out_dir`` holds a
@@ -142,78 +99,42 @@ def run_job(
     settings = _settings(kind, generator_kwargs, job_id)
     start = time.perf_counter()
     out = Path(out_dir)
-    images = list_images(list(inputs), recursive=recursive, exclude=[out_dir])
-    items = work_items(kind, images)
+    tasks = job_tasks(kind, list(inputs), recursive=recursive, exclude=[out_dir])
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(out)  # left by a run killed mid-write
     _claim(out, settings)
-    for subdir in {str(Path(item.output).parent) for item in items}:
+    for subdir in {str(Path(task.name).parent) for task in tasks}:
         (out / subdir).mkdir(parents=True, exist_ok=True)
+    work = _work(kind, model_factory, generator_kwargs)
+    if engine == "local":
+        run = local_engine(work=work, threads=threads)
+    else:
+        run = ray_engine(work, workers=workers, address=ray_address, threads=threads)
+    writer = FileWriter(out, kind)
+    summary = JobSummary(kind, engine=engine)
 
-    previous = _previous_entries(out)
-    entries: dict[int, dict[str, Any]] = {}
-    pending: list[WorkItem] = []
-    for item in items:
-        if (out / item.output).is_file():
-            entries[item.index] = _done_entry(out, item, previous.get(item.image), kind)
-        else:
-            pending.append(item)
-    skipped = len(entries)
-    logger.info("%s: %d images, %d already done, %d to do", kind, len(items), skipped, len(pending))
+    def failed(task: ImageTask, reason: str) -> None:
+        writer.entries[task] = {"image": str(task.path), "output": None, "status": "failed", "error": reason}
+        logger.warning("%s: %s", task.path, reason)
 
-    counters = {"processed": 0, "failed": 0}
-    bar = _progress_bar(len(items), skipped, progress, kind)
-
-    def sink(result: ImageResult) -> None:
-        item = result.item
-        if item.index in entries:  # never write an image twice
-            logger.warning("duplicate result for %s ignored", item.image)
-            return
-        if result.ok:
-            atomic_write_bytes(out / item.output, output_bytes(result))
-            entries[item.index] = {"image": item.image, "output": item.output, "status": "done", "count": result.count}
-            counters["processed"] += 1
-        else:
-            entries[item.index] = {"image": item.image, "output": None, "status": "failed", "error": result.error}
-            counters["failed"] += 1
-            logger.warning("%s: %s", item.image, result.error)
-        if bar is not None:
-            bar.update(1)
-
-    processor_kwargs = {
-        "kind": kind,
-        "model_factory": model_factory,
-        "generator_kwargs": generator_kwargs,
-        "threads": threads,
-    }
-    details: dict[str, Any] = {}
     try:
-        if pending:
-            if engine == "local":
-                from .local_engine import run_local
-
-                run_local(pending, processor_kwargs, sink)
-            else:
-                from .ray_engine import run_ray
-
-                details = dict(run_ray(pending, processor_kwargs, sink, workers=workers, address=ray_address))
+        run_tasks(tasks, run, writer, summary, progress=progress, on_failure=failed)
     finally:
-        if bar is not None:
-            bar.close()
         # Written last (also after an interruption), so it lists what is really on disk.
-        manifest = _write_manifest(out, kind, settings, items, entries)
-    return JobSummary(
-        kind=kind,
-        engine=engine,
-        total=len(items),
-        processed=counters["processed"],
-        skipped=skipped,
-        failed=counters["failed"],
-        seconds=time.perf_counter() - start,
-        out_dir=out,
-        manifest=manifest,
-        details=details,
-    )
+        summary.outputs["manifest"] = writer.write_manifest(settings, tasks)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _work(kind: str, model_factory: Callable[[], Sam], generator_kwargs: dict[str, Any] | None) -> Any:
+    """The per-image work of ``kind``, as an :class:`samkit.jobs.ImageWork`."""
+    if kind == "everything":
+        from ..everything.job import SegmentWork
+
+        return SegmentWork(model_factory, generator_kwargs)
+    from .embed import EmbedWork
+
+    return EmbedWork(model_factory)
 
 
 def _settings(kind: str, generator_kwargs: dict[str, Any] | None, job_id: str | None) -> dict[str, Any]:
@@ -241,51 +162,59 @@ def _claim(out: Path, settings: dict[str, Any]) -> None:
         atomic_write_text(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
 
-def _previous_entries(out: Path) -> dict[str, dict[str, Any]]:
-    """The previous manifest's done entries by image path."""
-    manifest = read_json(out / MANIFEST_NAME)
-    if not isinstance(manifest, dict):
-        return {}
-    return {
-        e["image"]: e
-        for e in manifest.get("images", [])
-        if isinstance(e, dict) and e.get("status") == "done" and "image" in e
-    }
+class FileWriter:
+    """Writes one file per image (``task.name`` below ``out``) and, at the end, the manifest.
 
+    An image is complete when its file exists (written atomically; ``job.json`` vouches for the
+    settings of every file in the folder). Entries of the manifest carry each image's mask count
+    (1 for an embedding), taken from the previous manifest for images done by an earlier run.
+    """
 
-def _done_entry(out: Path, item: WorkItem, previous: dict[str, Any] | None, kind: str) -> dict[str, Any]:
-    """The manifest entry of an image finished by an earlier run."""
-    if previous is not None and previous.get("output") == item.output and "count" in previous:
-        count = previous["count"]
-    elif kind == "everything":
-        doc = read_json(out / item.output)
-        count = len(doc.get("annotations", [])) if isinstance(doc, dict) else 0
-    else:
-        count = 1
-    return {"image": item.image, "output": item.output, "status": "done", "count": count}
+    def __init__(self, out: Path, kind: str) -> None:
+        self.out = out
+        self.kind = kind
+        self.entries: dict[ImageTask, dict[str, Any]] = {}
+        manifest = read_json(out / MANIFEST_NAME)
+        listed = manifest.get("images", []) if isinstance(manifest, dict) else []
+        self.previous = {e["image"]: e for e in listed if isinstance(e, dict) and e.get("status") == "done" and "image" in e}
 
+    def is_complete(self, task: ImageTask) -> bool:
+        if not (self.out / task.name).is_file():
+            return False
+        previous = self.previous.get(str(task.path))
+        if previous is not None and previous.get("output") == task.name and "count" in previous:
+            count = previous["count"]
+        elif self.kind == "everything":
+            doc = read_json(self.out / task.name)
+            count = len(doc.get("annotations", [])) if isinstance(doc, dict) else 0
+        else:
+            count = 1
+        self.entries[task] = {"image": str(task.path), "output": task.name, "status": "done", "count": count}
+        return True
 
-def _write_manifest(
-    out: Path, kind: str, settings: dict[str, Any], items: list[WorkItem], entries: dict[int, dict[str, Any]]
-) -> Path:
-    images = []
-    for item in items:
-        entry = entries.get(item.index)
-        images.append(entry if entry is not None else {"image": item.image, "output": None, "status": "pending"})
-    doc = {
-        "format": "samkit-job-manifest-v1",
-        "kind": kind,
-        "settings": settings,
-        "counts": {s: sum(1 for e in images if e["status"] == s) for s in ("done", "failed", "pending")},
-        "images": images,
-    }
-    path = out / MANIFEST_NAME
-    atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
-    return path
+    def write(self, result: ImageResult) -> int:
+        task = result.task
+        if self.kind == "everything":  # compact JSON {"image", "height", "width", "annotations"}
+            segmented = result.output
+            doc = {"image": str(task.path), "height": segmented.height, "width": segmented.width,
+                   "annotations": segmented.records}  # fmt: skip
+            data, count = json.dumps(doc, separators=(",", ":")).encode("utf-8"), len(segmented.records)
+        else:
+            data, count = result.output, 1
+        atomic_write_bytes(self.out / task.name, data)
+        self.entries[task] = {"image": str(task.path), "output": task.name, "status": "done", "count": count}
+        return count
 
-
-def _progress_bar(total: int, initial: int, enabled: bool, kind: str) -> Any:
-    if not enabled:
-        return None
-    # A bar on a terminal; elsewhere (logs, CI, nohup) a line about every 10 s.
-    return make_progress(total, initial=initial, unit="images", desc=f"samkit {kind}")
+    def write_manifest(self, settings: dict[str, Any], tasks: list[ImageTask]) -> Path:
+        """``manifest.json``: every image in input order with its output, status, count or error."""
+        images = [self.entries.get(t, {"image": str(t.path), "output": None, "status": "pending"}) for t in tasks]
+        doc = {
+            "format": "samkit-job-manifest-v1",
+            "kind": self.kind,
+            "settings": settings,
+            "counts": {s: sum(1 for e in images if e["status"] == s) for s in ("done", "failed", "pending")},
+            "images": images,
+        }
+        path = self.out / MANIFEST_NAME
+        atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
+        return path

@@ -1,53 +1,20 @@
-"""Where a job's files live: the input list, one output file per image, the manifest."""
+"""Where :func:`samkit.scale.run_job`'s files live: one output file per image, the manifest."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from ..inputs import expand_inputs
-from .work import WorkItem
+from ..jobs import ImageTask
 
-__all__ = [
-    "MANIFEST_NAME",
-    "JOB_FILE_NAME",
-    "list_images",
-    "work_items",
-    "read_json",
-]
+__all__ = ["JOB_FILE_NAME", "MANIFEST_NAME", "job_tasks", "output_name"]
 
 MANIFEST_NAME = "manifest.json"
 JOB_FILE_NAME = "job.json"
 _SUBDIR = {"everything": ("masks", ".json"), "embed": ("embeddings", ".safetensors")}
-
-
-def list_images(
-    inputs: list[str], *, recursive: bool = False, exclude: Sequence[str | os.PathLike[str]] = ()
-) -> list[str]:
-    """Expand files, folders and glob patterns into the files to process (see :mod:`samkit.inputs`).
-
-    Args:
-        inputs: image files, folders and/or glob patterns.
-        recursive: also take the files of subfolders.
-        exclude: folders never read from (the output folder).
-
-    Returns:
-        the paths in order, each once. Files are not filtered by suffix: one that is not an
-        image fails when read, and is reported.
-
-    Raises:
-        FileNotFoundError: an input names nothing.
-        ValueError: nothing to process.
-    """
-    images = [str(f.path) for f in expand_inputs(inputs, recursive=recursive, exclude=exclude)]
-    if not images:
-        hint = "" if recursive else " (images in subfolders? use --recursive / recursive=True)"
-        raise ValueError(f"no files found in the inputs{hint}")
-    return images
 
 
 def output_name(kind: str, image: str) -> str:
@@ -61,14 +28,20 @@ def output_name(kind: str, image: str) -> str:
     return f"{subdir}/{Path(image).stem}-{digest}{suffix}"
 
 
-def work_items(kind: str, images: list[str]) -> list[WorkItem]:
-    """One :class:`WorkItem` per image, in order."""
-    return [WorkItem(index=i, image=image, output=output_name(kind, image)) for i, image in enumerate(images)]
+def job_tasks(
+    kind: str, inputs: list[str], *, recursive: bool = False, exclude: Sequence[str | os.PathLike[str]] = ()
+) -> list[ImageTask]:
+    """Expand files, folders and glob patterns into the job's tasks (see :mod:`samkit.inputs`).
 
+    Each task's ``name`` is its output file (:func:`output_name`). Files are not filtered by
+    suffix: one that is not an image fails when read, and is reported.
 
-def read_json(path: Path) -> Any:
-    """The JSON content of ``path``, or None when it is missing or unreadable."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    Raises:
+        FileNotFoundError: an input names nothing.
+        ValueError: nothing to process.
+    """
+    found = expand_inputs(inputs, recursive=recursive, exclude=exclude)
+    if not found:
+        hint = "" if recursive else " (images in subfolders? use --recursive / recursive=True)"
+        raise ValueError(f"no files found in the inputs{hint}")
+    return [ImageTask(path=f.path, name=output_name(kind, str(f.path)), file_name=f.relative) for f in found]

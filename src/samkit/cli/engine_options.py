@@ -1,4 +1,4 @@
-"""Command-line options shared by the job subcommands (``samkit embed``, ``samkit everything``)."""
+"""Command-line options of the batch commands that pick an engine (``samkit everything``, ``embed``, ``annotate``)."""
 
 from __future__ import annotations
 
@@ -29,12 +29,12 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The :func:`samkit.scale.run_job` keyword arguments named by :func:`add_engine_args`.
+    """The engine keyword arguments named by :func:`add_engine_args` (those of :func:`samkit.scale.run_job`).
 
     Raises:
         samkit.cli.UserError: inconsistent options.
     """
-    from ..cli import UserError
+    from . import UserError
 
     if args.workers < 1:
         raise UserError(f"--workers: expected at least 1, got {args.workers}")
@@ -63,7 +63,7 @@ def model_factory(args: argparse.Namespace) -> tuple[Any, str]:
         (factory, job_id): a :class:`WorkerModelFactory` (each worker builds its own replica on
         its own device) and a string identifying model and weights.
     """
-    from ..cli.common import existing_file
+    from .common import existing_file
 
     checkpoint = None if args.checkpoint is None else str(existing_file(args.checkpoint, "--checkpoint").resolve())
     if checkpoint is None:
