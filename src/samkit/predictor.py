@@ -152,9 +152,13 @@ class SamPredictor:
 
         HQ-SAM models also save the image's (1, 32, 256, 256) HQ features (``hq_features``).
         """
-        from safetensors.torch import save
-
         from .io import atomic_write_bytes
+
+        atomic_write_bytes(path, self.embedding_bytes())
+
+    def embedding_bytes(self) -> bytes:
+        """The content of the file :meth:`save_embedding` writes (for writers in another process)."""
+        from safetensors.torch import save
 
         self._require_image()
         assert self.features is not None
@@ -170,7 +174,7 @@ class SamPredictor:
         if isinstance(self._cache, Sam2ImageCache):  # SAM 2: the decoder's high-resolution levels
             for i, level in enumerate(self._cache.high_res_features):
                 tensors[f"high_res_features.{i}"] = level.float().cpu().contiguous()
-        atomic_write_bytes(path, save(tensors, metadata=meta))
+        return save(tensors, metadata=meta)
 
     def load_embedding(self, path: str | os.PathLike[str]) -> None:
         """Load an embedding written by :meth:`save_embedding`; then predict as after ``set_image``."""
