@@ -20,6 +20,7 @@ __all__ = [
     "build_sam_video",
     "sam_model_registry",
     "SamPredictor",
+    "SamVideoPredictor",
     "SamAutomaticMaskGenerator",
     "SamConfig",
     "VARIANTS",
@@ -35,6 +36,7 @@ _LAZY = {
     "build_sam_video": ("samkit.build_sam2", "build_sam_video"),
     "sam_model_registry": ("samkit.build", "sam_model_registry"),
     "SamPredictor": ("samkit.predictor", "SamPredictor"),
+    "SamVideoPredictor": ("samkit.video", "SamVideoPredictor"),
     "SamAutomaticMaskGenerator": ("samkit.everything", "SamAutomaticMaskGenerator"),
     "SamConfig": ("samkit.config", "SamConfig"),
     "VARIANTS": ("samkit.config", "VARIANTS"),
@@ -52,6 +54,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .everything import SamAutomaticMaskGenerator
     from .io import load_image
     from .predictor import SamPredictor
+    from .video import SamVideoPredictor
 
 
 def __getattr__(name: str) -> Any:
