@@ -68,3 +68,23 @@ def test_hq_token_only_must_be_a_boolean(value: object) -> None:
 
     with pytest.raises(ValidationError, match="hq_token_only"):
         PredictRequest.model_validate({"points": [[1, 2]], "labels": [1], "hq_token_only": value})
+
+
+def test_hq_everything_equals_the_generator() -> None:
+    from samkit.everything import SamAutomaticMaskGenerator
+
+    from .support import make_tiny_hq_model
+
+    model = make_tiny_hq_model(0)
+    picture = image_bytes(W, H, seed=5)
+    options = {"points_per_side": 6, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+    expected = SamAutomaticMaskGenerator(model, output_mode="coco_rle", **options).generate(load_image(picture))
+    with TestClient(create_app(model)) as client:
+        upload = client.post("/api/images", files={"file": ("a.png", picture, "image/png")})
+        response = client.post(f"/api/images/{upload.json()['id']}/everything", json=options)
+        assert response.status_code == 200, response.text
+        masks = response.json()["masks"]
+    assert len(masks) == len(expected) > 0
+    for got, want in zip(masks, expected):
+        assert got["segmentation"]["counts"] == want["segmentation"]["counts"]
+        assert got["predicted_iou"] == pytest.approx(float(want["predicted_iou"]), rel=1e-6)

@@ -11,6 +11,7 @@ import base64
 import io
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -42,3 +43,21 @@ def test_sam21_predict_equals_the_predictor() -> None:
         with Image.open(io.BytesIO(base64.b64decode(encoded))) as image:
             np.testing.assert_array_equal(np.asarray(image).astype(bool), mask)
     np.testing.assert_allclose(body["scores"], scores, rtol=1e-6, atol=1e-6)
+
+
+def test_sam21_everything_equals_the_generator() -> None:
+    from samkit.everything import SamAutomaticMaskGenerator
+
+    model = make_tiny_sam2_model(0)
+    picture = image_bytes(W, H, seed=5)
+    options = {"points_per_side": 6, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+    expected = SamAutomaticMaskGenerator(model, output_mode="coco_rle", **options).generate(load_image(picture))
+    with TestClient(create_app(model)) as client:
+        upload = client.post("/api/images", files={"file": ("a.png", picture, "image/png")})
+        response = client.post(f"/api/images/{upload.json()['id']}/everything", json=options)
+        assert response.status_code == 200, response.text
+        masks = response.json()["masks"]
+    assert len(masks) == len(expected) > 0
+    for got, want in zip(masks, expected):
+        assert got["segmentation"]["counts"] == want["segmentation"]["counts"]
+        assert got["predicted_iou"] == pytest.approx(float(want["predicted_iou"]), rel=1e-6)
