@@ -8,8 +8,10 @@ from typing import Any
 import pytest
 import torch
 
-from samkit.modeling import Sam
-from samkit.modeling.transformer import PROMPT_CHUNK, DecoderAttention
+from samkit.batching import CPU_BATCHING
+from samkit.modeling import Sam, decoder_factored
+
+PROMPT_CHUNK = CPU_BATCHING.prompt_chunk  # prompts decoded together on the CPU
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -127,42 +129,36 @@ def test_forward_equals_encode_then_decode(tiny_sam: Sam) -> None:
     _assert_close(actual[1], expected[1])
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_low_rank_attention_equals_full_projection(
+@pytest.mark.parametrize("kind", ["points", "boxes"])
+def test_factored_second_layer_equals_materialized(
     tiny_sam: Sam, embedding: torch.Tensor, kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The decoder folds projections into the prompt tokens when that is cheaper; forcing
-    either path gives the same outputs (with and without the image-side cache)."""
-    batch = 1 if kind == "none" else 3
-    prompts = _prompts(kind, batch, tiny_sam.img_size, seed=7)
-    outputs = {}
-    for low_rank in (False, True):
-        monkeypatch.setattr(DecoderAttention, "low_rank_pays", lambda self, num_tokens, _v=low_rank: _v)
-        with torch.inference_mode():
-            outputs[low_rank] = [
-                tiny_sam.decode(embedding, **prompts, cache=cache)
-                for cache in (None, tiny_sam.decoder_cache(embedding))
-            ]
-    for (full_low, full_iou), (folded_low, folded_iou) in zip(outputs[False], outputs[True], strict=True):
-        _assert_close(folded_low, full_low)
-        _assert_close(folded_iou, full_iou)
-
-
-@pytest.mark.parametrize("kind", ["points", "boxes"])
-def test_factored_second_layer_equals_materialized(tiny_sam: Sam, embedding: torch.Tensor, kind: str) -> None:
     """The second layer reads the first layer's image tokens in factored form (NormedImage)
     when the cache has its projections; without them it reads the materialized tokens. Both
-    must give the same masks, and the factored projections must exist for a depth >= 2 model."""
+    must give the same masks, and the factored projections must exist for a depth >= 2 model.
+    The prompts have few enough tokens (7 x 2 heads < 16) for the factored path, and a guard
+    counts its calls."""
     import dataclasses
 
     cache = tiny_sam.decoder_cache(embedding)
     assert len(tiny_sam.mask_decoder.transformer.layers) >= 2
-    assert cache.second_t2i_k is not None and cache.second_t2i_v is not None and cache.second_i2t_q is not None
-    plain = dataclasses.replace(cache, second_t2i_k=None, second_t2i_v=None, second_i2t_q=None)
-    prompts = _prompts(kind, 3, 320, seed=5)
+    assert cache.second_t2i_gained_keys_by_head is not None
+    assert cache.second_t2i_gained_values_by_head is not None and cache.second_i2t_gained_queries_by_head is not None
+    plain = dataclasses.replace(
+        cache,
+        second_t2i_gained_keys_by_head=None,
+        second_t2i_gained_values_by_head=None,
+        second_i2t_gained_queries_by_head=None,
+    )
+    prompts = _few_token_prompts(kind, 3, seed=5)
+    calls = []
+    original = decoder_factored.tokens_to_normed_image
+    monkeypatch.setattr(decoder_factored, "tokens_to_normed_image", lambda *a: calls.append(1) or original(*a))
     with torch.inference_mode():
         factored = tiny_sam.decode(embedding, **prompts, cache=cache)
+        assert len(calls) == 1  # the factored second layer ran
         materialized = tiny_sam.decode(embedding, **prompts, cache=plain)
+        assert len(calls) == 1  # and not without its projections
     _assert_close(factored[0], materialized[0])
     _assert_close(factored[1], materialized[1])
 
@@ -180,19 +176,17 @@ def test_factored_upscaling_equals_materialized(
     tiny_sam: Sam, embedding: torch.Tensor, kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The upscaling's first product reads the two-level factored image tokens with the cache's
-    ``upscale_keys``; without them it multiplies the materialized tokens. Same masks; batches
-    above the decoder's prompt chunk included."""
+    ``image_times_w12``; without it the upscaling multiplies the materialized tokens. Same masks;
+    batches above the decoder's prompt chunk included."""
     import dataclasses
 
-    from samkit.modeling import mask_decoder
-
     cache = tiny_sam.decoder_cache(embedding)
-    assert cache.upscale_keys is not None
-    plain = dataclasses.replace(cache, upscale_keys=None)
+    assert cache.image_times_w12 is not None
+    plain = dataclasses.replace(cache, image_times_w12=None)
     prompts = _few_token_prompts(kind, 9, seed=11)  # 9 > PROMPT_CHUNK
     calls = []
-    original = mask_decoder._factored_first_product
-    monkeypatch.setattr(mask_decoder, "_factored_first_product", lambda *a: calls.append(1) or original(*a))
+    original = decoder_factored.factored_first_product
+    monkeypatch.setattr(decoder_factored, "factored_first_product", lambda *a: calls.append(1) or original(*a))
     with torch.inference_mode():
         factored = tiny_sam.decode(embedding, **prompts, cache=cache)
         materialized = tiny_sam.decode(embedding, **prompts, cache=plain)

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..modeling import ImageSideCache, Sam
 from .. import batching
-from ..modeling.transformer import NormedImage
+from ..modeling import Sam
+from ..modeling.decoder_cache import ImageSideCache
+from ..modeling.decoder_factored import NormedImage
 
 __all__ = ["PointBatch", "PointDecoder", "normalized_points"]
 
@@ -73,9 +74,7 @@ class PointDecoder:
         self.model = model
         self.cache = cache if cache is not None else model.decoder_cache(features)
         self.embedding_size = tuple(features.shape[-2:])
-        decoder = model.mask_decoder
-        self._output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)  # (1+4, C)
-        self._first_mask = decoder.output_token_slice(True).start  # multimask outputs are tokens 1..3
+        self._first_mask = model.mask_decoder.output_token_slice(True).start  # multimask outputs are tokens 1..3
 
     @torch.inference_mode()
     def run(self, coords: Tensor | np.ndarray) -> PointBatch:
@@ -102,10 +101,8 @@ class PointDecoder:
             points = coords.to(device)[:, None, :]  # (B, 1, 2)
             labels = torch.ones(points.shape[:2], dtype=torch.int64, device=device)  # (B, 1)
             sparse = encoder.embed_points(points, labels, pad=True).to(dtype)  # (B, 2, C)
-        b = sparse.shape[0]
-        out_tokens = self._output_tokens.to(dtype).unsqueeze(0).expand(b, -1, -1)  # (B, 5, C)
-        tokens = torch.cat([out_tokens, sparse], dim=1)  # (B, 7, C)
         decoder = model.mask_decoder
+        tokens = decoder.prompt_tokens(sparse)  # (B, 7, C): IoU token, 4 mask tokens, point, padding
         hs, image_tokens = decoder.transformer(
             None, None, tokens, cache=self.cache, keep_tokens=1 + decoder.num_mask_tokens, factored=True
         )  # (B, 5, C), (B, h*w, C) or its factors

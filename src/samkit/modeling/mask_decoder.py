@@ -11,7 +11,10 @@ from torch import Tensor, nn
 from .. import batching
 from ..config import MaskDecoderConfig
 from .common import MLP, LayerNorm2d
-from .transformer import ImageSideCache, NormedImage, TwoWayTransformer, image_tokens_of
+from . import decoder_factored
+from .decoder_cache import ImageSideCache
+from .decoder_factored import NormedImage, image_tokens_of
+from .transformer import TwoWayTransformer
 
 __all__ = ["MaskDecoder"]
 
@@ -61,11 +64,11 @@ class MaskDecoder(nn.Module):
         """
         cache = self.transformer.prepare_image(image_embeddings + no_mask_dense, image_pe)
         layers = self.transformer.layers
-        if cache.second_t2i_k is not None and len(layers) == 2:
-            # The upscaling's first product of the fixed image side, for factored image tokens.
+        if cache.second_t2i_gained_keys_by_head is not None and len(layers) == 2:
+            # K W12 of the factored upscaling (identity 5 of decoder_factored), per image.
             w1 = self.upscaling_matrices()[0]  # (C, 4 * C/4)
-            gains = layers[0].norm4.weight * layers[1].norm4.weight  # (C,)
-            cache.upscale_keys = cache.keys[0] @ (gains[:, None] * w1)  # (N, 4 * C/4)
+            gains = layers[0].norm4.weight * layers[1].norm4.weight  # (C,) g1 g2
+            cache.image_times_w12 = cache.image[0] @ (gains[:, None] * w1)  # (N, 4 * C/4)
         return cache
 
     def forward(
@@ -77,6 +80,7 @@ class MaskDecoder(nn.Module):
         multimask_output: bool,
         *,
         cache: ImageSideCache | None = None,
+        reference: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """Decode masks for a batch of B prompts on one image (or one image per prompt).
 
@@ -87,10 +91,20 @@ class MaskDecoder(nn.Module):
             dense_prompt_embeddings: (B or 1, C, h, w); ignored when ``cache`` is given.
             multimask_output: return the 3 ambiguity masks instead of the single one.
             cache: :meth:`prepare_image` result for prompts without a mask input.
+            reference: decode with :meth:`predict_masks`, the plain path of the official code
+                (``cache`` is then ignored; for tests and the ONNX export).
 
         Returns:
             mask logits (B, M, 4h, 4w) and IoU predictions (B, M), M = 3 or 1.
         """
+        if reference:
+            if dense_prompt_embeddings is None:
+                raise ValueError("reference=True needs dense_prompt_embeddings (it reads no cache)")
+            masks, iou_pred = self.predict_masks(
+                image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+            )  # (B, M, 4h, 4w), (B, M)
+            selected = self.output_token_slice(multimask_output)
+            return masks[:, selected], iou_pred[:, selected]
         b = sparse_prompt_embeddings.shape[0]
         chunk = batching.batching_for(sparse_prompt_embeddings.device).prompt_chunk
         if b > chunk and not torch.jit.is_tracing():
@@ -113,10 +127,7 @@ class MaskDecoder(nn.Module):
                 for s in range(0, b, chunk)
             ]
             return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-        dtype = sparse_prompt_embeddings.dtype
-        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0).to(dtype)  # (1+M, C)
-        tokens = torch.cat([output_tokens.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings], dim=1)  # (B, 1+M+T, C)
-
+        tokens = self.prompt_tokens(sparse_prompt_embeddings)  # (B, 1+M+T, C)
         src: Tensor | NormedImage
         if cache is not None:
             hs, src = self.transformer(
@@ -135,6 +146,58 @@ class MaskDecoder(nn.Module):
         masks = self.masks_from_image_tokens(src, hyper_in, (h, w), cache=cache)  # (B, M, 4h, 4w)
         iou_pred = self.iou_prediction_head(iou_token_out)[:, selected]  # (B, M)
         return masks, iou_pred
+
+    def prompt_tokens(self, sparse_prompt_embeddings: Tensor) -> Tensor:
+        """The transformer's input tokens: the IoU token, the mask tokens, then the prompt's.
+
+        Args:
+            sparse_prompt_embeddings: (B, T, C).
+
+        Returns:
+            (B, 1+M+T, C) in the dtype of the prompt embeddings.
+        """
+        b = sparse_prompt_embeddings.shape[0]
+        dtype = sparse_prompt_embeddings.dtype
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0).to(dtype)  # (1+M, C)
+        return torch.cat([output_tokens.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings], dim=1)  # (B, 1+M+T, C)
+
+    def predict_masks(
+        self,
+        image_embeddings: Tensor,
+        image_pe: Tensor,
+        sparse_prompt_embeddings: Tensor,
+        dense_prompt_embeddings: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """The reference path, as the official decoder computes it: every output token's mask.
+
+        The two-way transformer on materialized tokens, the transposed-convolution upscaling,
+        then each mask token's hypernetwork weights times the upscaled channels.
+
+        Args:
+            image_embeddings: (1 or B, C, h, w).
+            image_pe: (1, C, h, w).
+            sparse_prompt_embeddings: (B, T, C).
+            dense_prompt_embeddings: (1 or B, C, h, w).
+
+        Returns:
+            mask logits (B, M, 4h, 4w) and IoU predictions (B, M) of all M mask tokens
+            (M = :attr:`num_mask_tokens`: the single-mask output, then the multimask outputs).
+        """
+        b = sparse_prompt_embeddings.shape[0]
+        tokens = self.prompt_tokens(sparse_prompt_embeddings)  # (B, 1+M+T, C)
+        src = image_embeddings + dense_prompt_embeddings  # (B or 1, C, h, w)
+        src = src.expand(b, -1, -1, -1)  # (B, C, h, w)
+        hs, image_tokens = self.transformer(src, image_pe, tokens, reference=True)  # (B, 1+M+T, C), (B, hw, C)
+        iou_token_out = hs[:, 0, :]  # (B, C)
+        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]  # (B, M, C)
+        c, h, w = src.shape[1:]
+        upscaled = self.output_upscaling(image_tokens.transpose(1, 2).reshape(b, c, h, w))  # (B, C/8, 4h, 4w)
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+        )  # (B, M, C/8)
+        c8, uh, uw = upscaled.shape[1:]
+        masks = (hyper_in @ upscaled.reshape(b, c8, uh * uw)).reshape(b, -1, uh, uw)  # (B, M, 4h, 4w)
+        return masks, self.iou_prediction_head(iou_token_out)  # (B, M, 4h, 4w), (B, M)
 
     def hypernetwork_weights(self, tokens: Tensor, selected: slice) -> Tensor:
         """Per-mask weights over the upscaled channels.
@@ -185,8 +248,8 @@ class MaskDecoder(nn.Module):
         the end, on the (much smaller) masks.
 
         Image tokens given as a two-level :class:`NormedImage` (the cached transformer path),
-        with ``cache.upscale_keys``, skip the (N, C) x (C, 4 * C/4) first product: see
-        :func:`_factored_first_product`.
+        with ``cache.image_times_w12``, skip the (N, C) x (C, 4 * C/4) first product: see
+        :func:`~samkit.modeling.decoder_factored.factored_first_product`.
 
         Args:
             image_tokens: (B, N, C) transformer image tokens, N = h * w, or their factors.
@@ -207,9 +270,9 @@ class MaskDecoder(nn.Module):
         w1, b1, w2, b2 = self.upscaling_matrices()
         exact_gelu = all(isinstance(a, nn.GELU) and a.approximate == "none" for a in (act1, act2))
         factored = None
-        if isinstance(image_tokens, NormedImage) and image_tokens.base is not None:
-            if cache is not None and cache.upscale_keys is not None:
-                factored = _factored_first_product(image_tokens, cache.upscale_keys, w1, b1)
+        image_times_w12 = cache.image_times_w12 if cache is not None else None
+        if isinstance(image_tokens, NormedImage) and image_tokens.base is not None and image_times_w12 is not None:
+            factored = decoder_factored.factored_first_product(image_tokens, image_times_w12, w1, b1)
         tokens = image_tokens_of(image_tokens)  # (B, N, C)
         n = tokens.shape[1]
         logits = hyper_in.new_empty((b, m, 16 * n))  # (B, M, 16N) in sub-pixel order
@@ -219,7 +282,7 @@ class MaskDecoder(nn.Module):
                 if factored is not None:
                     left, right, scale, const = factored
                     x = torch.addmm(const, left[i, s:e], right[i])  # (t, 4 * C/4)
-                    x.addcmul_(cache.upscale_keys[s:e], scale[i, s:e])  # type: ignore[union-attr]
+                    x.addcmul_(image_times_w12[s:e], scale[i, s:e])  # type: ignore[index]
                 else:
                     x = torch.addmm(b1, tokens[i, s:e], w1)  # (t, 4 * C/4)
                 x = x.view(4 * (e - s), c4)  # (4t, C/4)
@@ -229,53 +292,6 @@ class MaskDecoder(nn.Module):
                 x = torch.ops.aten.gelu_(x) if exact_gelu else act2(x)
                 torch.mm(hyper_in[i], x.view(16 * (e - s), c8).t(), out=logits[i, :, 16 * s : 16 * e])  # (M, 16t)
         return logits[:, :, _unshuffle_index(h, w, logits.device)].view(b, m, 4 * h, 4 * w)  # (B, M, 4h, 4w)
-
-
-def _factored_first_product(
-    image: NormedImage, upscale_keys: Tensor, w1: Tensor, b1: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The upscaling's first product ``image.materialized @ w1 + b1`` as a low-rank sum.
-
-    The image tokens are X2 = LN2(X1 + P2^T M2) with X1 = LN1(K + P1^T M1) (K the cache's fixed
-    image side; each LN a per-token standardization with mean mu, inverse std s, then gain g
-    and bias beta). With G = diag(g), W2 = G2 w1 and W12 = G1 W2, expanding both norms gives
-
-        X2 w1 + b1 = s1 s2 * (K W12) + L @ R + (beta2 w1 + b1)
-
-    with L = [s1 s2 P1^T | s2 P2^T | -s1 s2 mu1 | -s2 mu2 | s2] (N, R1 + R2 + 3) and
-    R = [M1 W12; M2 W2; 1^T W12; 1^T W2; beta1 W2] (R1 + R2 + 3, 4 * C/4). K W12 is per image
-    (``upscale_keys``), so per prompt the (N, C) x (C, 4 * C/4) product becomes
-    (N, R1 + R2 + 3) x (R1 + R2 + 3, 4 * C/4), R = 56 for a point prompt, and a scaled add.
-    L is built as L^T, in the (B, R, N) layout the factors already have (no transposing
-    copy), and returned as a transposed view, which the matrix product reads as it is.
-
-    Returns:
-        left (B, N, R') (a transposed view), right (B, R', 4 * C/4), scale (B, N, 1) = s1 s2,
-        const (4 * C/4,).
-    """
-    first = image.base
-    assert first is not None
-    w2g = image.gain[:, None] * w1  # (C, 4C/4)
-    w12g = first.gain[:, None] * w2g  # (C, 4C/4)
-    s2 = image.rstd  # (B, 1, N)
-    s12 = first.rstd * s2  # (B, 1, N)
-    left_t = torch.cat(
-        [
-            first.probs * s12,  # (B, R1, N)
-            image.probs * s2,  # (B, R2, N)
-            -first.mean * s12,  # (B, 1, N)
-            -image.mean * s2,  # (B, 1, N)
-            s2,  # (B, 1, N)
-        ],
-        dim=1,
-    )  # (B, R1 + R2 + 3, N)
-    left = left_t.transpose(1, 2)  # (B, N, R1 + R2 + 3)
-    b = left.shape[0]
-    fixed = torch.stack([w12g.sum(0), w2g.sum(0), first.bias @ w2g])  # (3, 4C/4)
-    right = torch.cat(
-        [first.mixed @ w12g, image.mixed @ w2g, fixed.expand(b, -1, -1)], dim=1
-    )  # (B, R1 + R2 + 3, 4C/4)
-    return left, right, s12.transpose(1, 2), image.bias @ w1 + b1
 
 
 @functools.lru_cache(maxsize=8)
