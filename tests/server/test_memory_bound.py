@@ -14,7 +14,7 @@ import torch
 from samkit import SamPredictor
 from samkit.memory import tensor_nbytes
 from samkit.modeling import Sam
-from samkit.modeling.transformer import ImageSideCache
+from samkit.modeling.decoder_cache import ImageSideCache
 
 PROBE = Path(__file__).resolve().parent / "rss_probe.py"
 

@@ -26,7 +26,7 @@ from ..config import MaskDecoderConfig
 from .common import MLP, LayerNorm2d
 from .mask_decoder import MaskDecoder
 from .. import batching
-from .transformer import ImageSideCache
+from .decoder_cache import ImageSideCache
 
 __all__ = ["HQMaskDecoder"]
 

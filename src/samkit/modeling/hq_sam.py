@@ -16,7 +16,7 @@ from torch import Tensor
 from ..config import HQSamConfig
 from .hq_decoder import HQMaskDecoder
 from .sam import Sam
-from .transformer import ImageSideCache
+from .decoder_cache import ImageSideCache
 
 __all__ = ["HQSam", "HQImageCache"]
 

@@ -13,7 +13,7 @@ from ..transforms import normalize_and_pad
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
-from .transformer import ImageSideCache
+from .decoder_cache import ImageSideCache
 
 __all__ = ["Sam"]
 

@@ -31,7 +31,7 @@ from ..transforms import normalize_and_pad
 from .fpn_neck import Sam2ImageEncoder
 from .prompt_encoder import LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT, PromptEncoder
 from .sam2_mask_decoder import Sam2MaskDecoder
-from .transformer import ImageSideCache
+from .decoder_cache import ImageSideCache
 
 __all__ = ["Sam2", "Sam2ImageCache"]
 

@@ -26,7 +26,8 @@ from torch import Tensor, nn
 from ..config import MaskDecoderConfig
 from .common import MLP, LayerNorm2d
 from .. import batching
-from .transformer import ImageSideCache, TwoWayTransformer
+from .decoder_cache import ImageSideCache
+from .transformer import TwoWayTransformer
 
 __all__ = ["Sam2MaskDecoder"]
 
