@@ -115,11 +115,14 @@ def complex_rotation(x: torch.Tensor, side: int, copies: int) -> torch.Tensor:
     return torch.view_as_real(pairs * phasors).flatten(-2)
 
 
-@pytest.mark.parametrize("copies", [1, 3])
-def test_rope_equals_complex_rotation(copies: int) -> None:
-    x = torch.randn(2, 2, copies * 64, 16, generator=torch.Generator().manual_seed(0))
+@pytest.mark.parametrize(("copies", "excluded"), [(1, 0), (3, 0), (2, 5)])
+def test_rope_equals_complex_rotation(copies: int, excluded: int) -> None:
+    x = torch.randn(2, 2, copies * 64 + excluded, 16, generator=torch.Generator().manual_seed(0))
     tables = rope_tables(16, 64, 10000.0, torch.device("cpu"))
-    torch.testing.assert_close(apply_rope(x, tables), complex_rotation(x, 8, copies), rtol=0, atol=1e-6)
+    rotated = apply_rope(x, tables, num_exclude=excluded)
+    grid = copies * 64
+    torch.testing.assert_close(rotated[:, :, :grid], complex_rotation(x[:, :, :grid], 8, copies), rtol=0, atol=1e-6)
+    assert torch.equal(rotated[:, :, grid:], x[:, :, grid:])  # pointer tokens untouched
 
 
 def test_rope_scores_depend_on_offsets_only() -> None:

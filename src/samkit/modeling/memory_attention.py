@@ -97,26 +97,37 @@ def rope_tables(head_dim: int, num_tokens: int, theta: float, device: torch.devi
     return tables
 
 
-def apply_rope(x: Tensor, tables: RopeTables) -> Tensor:
+def apply_rope(x: Tensor, tables: RopeTables, num_exclude: int = 0) -> Tensor:
     """Rotate the feature pairs of ``x`` by the table angles, computed in float32.
 
     Args:
-        x: (B, nh, r * N, d) tokens; ``r`` copies of the N-token grid one after the other
-            (r = 1 for queries) each get the same rotation.
+        x: (B, nh, r * N + E, d) tokens: ``r`` copies of the N-token grid one after the other
+            (r = 1 for queries), each given the same rotation, then ``E`` tokens left as they are.
         tables: cosine / sine, (N, d/2).
+        num_exclude: E, the trailing tokens without position (object pointers).
 
     Returns:
-        (B, nh, r * N, d) in the dtype of ``x``.
+        (B, nh, r * N + E, d) in the dtype of ``x``.
     """
     b, nh, length, d = x.shape
     n = tables.num_tokens
-    if length % n:
-        raise ValueError(f"{length} tokens are not whole copies of the {n}-token RoPE grid")
-    pairs = x.float().reshape(b, nh, length // n, n, d // 2, 2)  # (B, nh, r, N, d/2, 2)
-    a, c = pairs[..., 0], pairs[..., 1]  # (B, nh, r, N, d/2) each
+    num_rope = length - num_exclude
+    if num_rope % n:
+        raise ValueError(f"{num_rope} tokens are not whole copies of the {n}-token RoPE grid")
+    source = x.float()
+    out = torch.empty_like(source)  # (B, nh, L, d)
+    src = source[:, :, :num_rope].view(b, nh, num_rope // n, n, d // 2, 2)  # (B, nh, r, N, d/2, 2)
+    dst = out[:, :, :num_rope].view(b, nh, num_rope // n, n, d // 2, 2)
+    a, c = src[..., 0], src[..., 1]  # (B, nh, r, N, d/2) each
     cos, sin = tables.cos, tables.sin  # (N, d/2), broadcast over (B, nh, r)
-    rotated = torch.stack((a * cos - c * sin, a * sin + c * cos), dim=-1)  # (B, nh, r, N, d/2, 2)
-    return rotated.reshape(b, nh, length, d).to(x.dtype)  # (B, nh, r*N, d)
+    # (a, c) -> (a cos - c sin, a sin + c cos), written in place: no stacking copy.
+    torch.mul(a, cos, out=dst[..., 0])
+    dst[..., 0].addcmul_(c, sin, value=-1.0)
+    torch.mul(a, sin, out=dst[..., 1])
+    dst[..., 1].addcmul_(c, cos)
+    if num_exclude:
+        out[:, :, num_rope:] = source[:, :, num_rope:]
+    return out.to(x.dtype)
 
 
 class RoPEAttention(nn.Module):
@@ -181,11 +192,8 @@ class RoPEAttention(nn.Module):
             raise ValueError(f"{nk} keys for {nq} queries: only a rope_k_repeat attention takes memory keys")
         tables = rope_tables(q.shape[-1], nq, self.rope_theta, q.device)
         q = apply_rope(q, tables)
-        num_k_rope = nk - num_k_exclude_rope
-        if num_k_exclude_rope == 0:
-            k = apply_rope(k, tables)
-        elif num_k_rope > 0:
-            k = torch.cat([apply_rope(k[:, :, :num_k_rope], tables), k[:, :, num_k_rope:]], dim=2)  # (B, nh, Nk, hd)
+        if nk > num_k_exclude_rope:
+            k = apply_rope(k, tables, num_exclude=num_k_exclude_rope)
         out = F.scaled_dot_product_attention(q, k, v)  # (B, nh, Nq, hd)
         b, nh, n, hd = out.shape
         out = out.transpose(1, 2).reshape(b, n, nh * hd)  # (B, Nq, C)
