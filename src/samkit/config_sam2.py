@@ -180,7 +180,9 @@ class MemoryAttentionConfig:
         dim_feedforward: hidden width of each layer's ReLU MLP.
         kv_in_dim: width of the memory tokens the cross-attention reads (the memory width).
         rope_theta: base of the axial rotary position encoding.
-        rope_feat_sizes: (w, h) grid the rotary tables are first built for (stride 16 of 1024).
+        rope_feat_sizes: the official ``feat_sizes`` (the stride-16 grid of the input); samkit
+            builds the rotary tables for the token grid it is given, as the official code
+            does when the grid differs.
         pos_enc_at_input: add 0.1 x the frame's sine position encoding before the first layer.
         pos_enc_at_attn: add it to the self-attention queries and keys (off: RoPE only).
         pos_enc_at_cross_attn_queries: add it to the cross-attention queries (off).
