@@ -7,7 +7,8 @@ object score; the tests compare the recordings:
 
 * session A, two objects: clicks (one positive, one negative) for object 1 and a box for object 2
   on frame 0, propagate, a correction click for object 1 on frame 5 after propagation,
-  propagate again from frame 6 (which reads the corrected frame's memory);
+  propagate again from frame 6 (which reads the corrected frame's memory), clear the
+  correction, remove object 2;
 * session B, one object: a mask prompt on frame 3, propagate forwards, then backwards.
 
 hiera_t runs at image_size 256 on every CI run (all modules follow the size on both sides; at
@@ -82,6 +83,11 @@ def session_a(predictor: Any, video: Path, official: bool) -> Recording:
     # A non-conditioning correction is re-tracked (overwritten) by a pass that reaches its frame;
     # the frames after it read its memory (official add_all_frames_to_correct_as_cond=False).
     record_propagation(rec, "second pass", predictor, state, official, start_frame_idx=6)
+    _, ids, masks = predictor.clear_all_prompts_in_frame(state, 5, 1)
+    rec.steps["clear frame 5"] = (list(ids), masks.cpu().clone(), None)
+    ids, updated = predictor.remove_object(state, 2)
+    assert [frame for frame, _ in updated] == [0]
+    rec.steps["remove object 2"] = (list(ids), updated[0][1].cpu().clone(), None)
     return rec
 
 
@@ -186,6 +192,12 @@ def test_correction_after_propagation(tiny_sessions: Sessions) -> None:
     assert not torch.equal(steps["first pass frame 6"][1][0], steps["second pass frame 6"][1][0])
 
 
+def test_clear_prompts_and_remove_object(tiny_sessions: Sessions) -> None:
+    compare(tiny_sessions, "A", "clear frame 5")
+    compare(tiny_sessions, "A", "remove object 2")
+    assert tiny_sessions.ours["A"].steps["remove object 2"][0] == [1]
+
+
 def test_mask_prompt(tiny_sessions: Sessions) -> None:
     compare(tiny_sessions, "B", "mask prompt")
     assert compare(tiny_sessions, "B", "forward") == NUM_FRAMES - 3
@@ -200,6 +212,6 @@ def test_reverse_propagation(tiny_sessions: Sessions) -> None:
 def test_base_plus_at_1024(tmp_path_factory: pytest.TempPathFactory) -> None:
     """sam2.1_hiera_b+ at its real input size: every step of both sessions."""
     sessions = run_sessions("sam2.1_hiera_b+", 1024, tmp_path_factory.mktemp("video_bplus"), seed=32)
-    for session, prefixes in (("A", ("clicks", "box", "first pass", "correction", "second pass")), ("B", ("mask", "forward", "reverse"))):
+    for session, prefixes in (("A", ("clicks", "box", "first pass", "correction", "second pass", "clear", "remove")), ("B", ("mask", "forward", "reverse"))):
         for prefix in prefixes:
             compare(sessions, session, prefix)

@@ -299,6 +299,10 @@ class SamVideoPredictor:
             end = min(start_frame_idx + max_frame_num_to_track, state.num_frames - 1)
             order = range(start_frame_idx, end + 1)
 
+        if order:
+            for obj in state.objects:
+                if order[0] not in obj.cond:
+                    self._warn_if_dropped(obj, order[0], reverse, "tracking from")
         obj_ids = state.obj_ids
         for frame_idx in order:
             per_object = []
@@ -387,6 +391,8 @@ class SamVideoPredictor:
             previous = temp.get(frame_idx) or obj.cond.get(frame_idx) or obj.non_cond.get(frame_idx)
             if previous is not None and previous.pred_masks is not None:
                 prior = torch.clamp(previous.pred_masks.to(state.device), -PRIOR_LOGIT_CLAMP, PRIOR_LOGIT_CLAMP)
+        if not is_init_cond_frame:
+            self._warn_if_dropped(obj, frame_idx, reverse, "a correction on")
         out, _ = self._run_frame(
             state,
             obj,
@@ -518,6 +524,20 @@ class SamVideoPredictor:
         span = self.model.memory_temporal_stride_for_eval * self.model.num_maskmem
         for t in range(frame_idx - span, frame_idx + span + 1):
             obj.non_cond.pop(t, None)
+
+    def _warn_if_dropped(self, obj: ObjectTrack, frame_idx: int, reverse: bool, what: str) -> None:
+        """Log when the outputs the tracker reads for ``frame_idx`` were dropped by the retention rule."""
+        if self.keep_all_frames:
+            return
+        step = -1 if reverse else 1
+        window = [frame_idx - step * k for k in range(0, self.reach + 1)]
+        dropped = [t for t in window if t in obj.tracked and t not in obj.cond and t not in obj.non_cond]
+        if dropped:
+            logger.warning(
+                "%s frame %d of object %r reads %d tracked frames whose outputs were not kept "
+                "(keep_all_frames=False): it sees less memory than the official predictor would",
+                what, frame_idx, obj.obj_id, len(dropped),
+            )
 
     def _prune(self, state: VideoState) -> None:
         """Apply the retention rule of ``state.py`` (unless every output is kept)."""

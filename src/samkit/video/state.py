@@ -22,13 +22,15 @@ SAM 2.x configs: 6 frames of memory features, 15 object pointers). samkit theref
   processed (what continuing from there, or correcting there, reads),
 
 so at most ``(2 * reach + 1) * (conditioning frames + 1)`` outputs per object, ~0.75 MB each
-at image_size 1024, whatever the video length. Workflows that only read those frames (prompts on
-some frames, propagate forward and/or backward from them, correct on a prompted frame, near
-one, or near where the last propagation stopped, propagate again from the prompted frames)
-give exactly the official results. A correction on a frame farther than ``reach`` from all of
-those, or a propagation started there, sees fewer memories than the official predictor would
-(their outputs were dropped): pass ``keep_all_frames=True`` to keep every output as the
-official does (memory then grows by ~0.75 MB per frame and object).
+at image_size 1024, whatever the video length. A step is exact (identical to the official) when
+every output it reads stayed within ``reach`` of a prompted frame or of the then-last propagated
+frame since it was computed. That covers: prompts on some frames, propagating forwards and/or
+backwards from them (in one pass or several legs), correcting on a prompted frame, near one, or
+near where the last propagation stopped, and propagating again from there or from the prompted
+frames. Returning to a frame whose neighbourhood was dropped (e.g. a correction in the middle
+of a long video after a later pass ran elsewhere, or a pass started there) sees fewer memories
+than the official predictor (a warning is logged); ``keep_all_frames=True`` keeps every output as
+the official does (memory then grows by ~0.75 MB per frame and object).
 """
 
 from __future__ import annotations
