@@ -179,6 +179,7 @@ class FileWriter:
         self.previous = {e["image"]: e for e in listed if isinstance(e, dict) and e.get("status") == "done" and "image" in e}
 
     def is_complete(self, task: ImageTask) -> bool:
+        """Whether the image's file exists; if so, its manifest entry is recorded."""
         if not (self.out / task.name).is_file():
             return False
         previous = self.previous.get(str(task.path))
@@ -193,6 +194,7 @@ class FileWriter:
         return True
 
     def write(self, result: ImageResult) -> int:
+        """Write one image's file (embedding bytes, or compact JSON records); returns its count."""
         task = result.task
         if self.kind == "everything":  # compact JSON {"image", "height", "width", "annotations"}
             segmented = result.output
