@@ -50,6 +50,8 @@ def test_remove_object_and_reset(predictor_and_state: tuple[SamVideoPredictor, V
         predictor.remove_object(state, 99, strict=True)
     predictor.reset_state(state)
     assert state.obj_ids == [] and state.stored_outputs() == 0
+    state.close()
+    assert state.features.backbone_out is None
 
 
 def test_clearing_the_only_prompt_leaves_the_object_without_one(

@@ -192,6 +192,11 @@ class VideoState:
             len(o.cond) + len(o.non_cond) + len(o.temp_cond) + len(o.temp_non_cond) for o in self.objects
         )
 
+    def close(self) -> None:
+        """Release the video decoder, the frame cache and the cached image features."""
+        self.frames.close()
+        self.features = FeatureCache()
+
     def check_frame(self, frame_idx: int) -> int:
         """``frame_idx`` as an int, or an IndexError naming the valid range."""
         if isinstance(frame_idx, bool) or not hasattr(frame_idx, "__index__"):
