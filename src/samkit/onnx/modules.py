@@ -106,28 +106,6 @@ class DecoderForExport(nn.Module):
         use = has_mask_input.reshape(1, 1, 1, 1)
         return use * masked + (1 - use) * no_mask
 
-    def _decode_all(self, image_embeddings: Tensor, sparse: Tensor, dense: Tensor) -> tuple[Tensor, Tensor]:
-        """Run the mask decoder for all mask tokens.
-
-        Returns:
-            low-res logits (1, T, 4h, 4w) and IoU predictions (1, T), T = 1 + multimask outputs.
-        """
-        dec = self.mask_decoder
-        b = sparse.shape[0]
-        output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)  # (1+T, C)
-        tokens = torch.cat([output_tokens.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)  # (B, 1+T+N, C)
-        hs, src = dec.transformer(image_embeddings + dense, self.image_pe, tokens)  # (B, 1+T+N, C), (B, hw, C)
-        c, h, w = self.image_pe.shape[1:]
-        src = src.transpose(1, 2).reshape(b, c, h, w)  # (B, C, h, w)
-        upscaled = dec.output_upscaling(src)  # (B, C/8, 4h, 4w)
-        hyper = torch.stack(
-            [mlp(hs[:, 1 + i, :]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1
-        )  # (B, T, C/8)
-        c8, uh, uw = upscaled.shape[1:]
-        masks = (hyper @ upscaled.reshape(b, c8, uh * uw)).reshape(b, -1, uh, uw)  # (B, T, 4h, 4w)
-        iou = dec.iou_prediction_head(hs[:, 0, :])  # (B, T)
-        return masks, iou
-
     def _select_single(self, masks: Tensor, iou: Tensor, num_points: Tensor) -> tuple[Tensor, Tensor]:
         """One mask per prompt: best multimask output for <= 2 points, else token 0.
 
@@ -172,7 +150,7 @@ class DecoderForExport(nn.Module):
         """
         sparse = self.prompt_encoder.embed_points(point_coords, point_labels, pad=False)  # (1, N, C)
         dense = self._dense_embedding(mask_input, has_mask_input)  # (1, C, h, w)
-        low_res, iou = self._decode_all(image_embeddings, sparse, dense)
+        low_res, iou = self.mask_decoder.predict_masks(image_embeddings, self.image_pe, sparse, dense)  # reference path
         if self.return_single_mask:
             num_points = torch.ones_like(point_labels).sum(dim=1, keepdim=True)  # (1, 1), dynamic N
             low_res, iou = self._select_single(low_res, iou, num_points)
