@@ -198,7 +198,7 @@ class Hiera(nn.Module):
         pos = F.interpolate(self.pos_embed, size=size, mode="bicubic")  # (1, C, H, W)
         window = self.pos_embed_window
         reps = (size[0] // window.shape[-2], size[1] // window.shape[-1])
-        pos = pos + window.tile(1, 1, *reps)  # (1, C, H, W)
+        pos = pos + window.repeat(1, 1, *reps)  # (1, C, H, W); repeat, not tile: no If nodes in ONNX
         return pos.permute(0, 2, 3, 1)  # (1, H, W, C)
 
     def forward(self, images: Tensor) -> list[Tensor]:
