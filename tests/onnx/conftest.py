@@ -66,7 +66,8 @@ def _cli_export(
     torch.save(checkpoint_state(model), checkpoint)
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        status = main(["export-onnx", "--model", name, "--checkpoint", str(checkpoint), "--out", str(out / "graphs"), "--json", *options])
+        args = ["export-onnx", "--model", name, "--checkpoint", str(checkpoint), "--out", str(out / "graphs")]
+        status = main([*args, "--json", *options])
     assert status == 0, f"samkit export-onnx --model {name} failed"
     return CliExport(model=model, checkpoint=checkpoint, dir=out / "graphs", report=json.loads(stdout.getvalue()))
 

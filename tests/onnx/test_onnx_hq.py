@@ -66,9 +66,13 @@ def test_image_state_matches(predictors: tuple[SamPredictor, OnnxPredictor]) -> 
     assert_logits_close(ours.hq_features, theirs.hq_features.numpy(), what="hq_features", tol=1e-4)
 
 
-@pytest.mark.parametrize("hq_token_only", [False, True], ids=["hq+sam", "hq_only"])
+# Every prompt with SAM's mask added; the HQ token alone on three of them (it shares all the code but the sum).
+COMBINATIONS = [(case, False) for case in CASES] + [(case, True) for case in ("point", "box+point", "two boxes")]
+COMBINATION_IDS = [f"{case}-{'hq' if hq_only else 'hq+sam'}" for case, hq_only in COMBINATIONS]
+
+
 @pytest.mark.parametrize("multimask", [True, False], ids=["multimask", "single"])
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize(("case", "hq_token_only"), COMBINATIONS, ids=COMBINATION_IDS)
 def test_predict_matches_sam_predictor(
     predictors: tuple[SamPredictor, OnnxPredictor], case: str, multimask: bool, hq_token_only: bool
 ) -> None:

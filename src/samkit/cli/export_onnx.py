@@ -70,9 +70,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--opset: expected 14..21, got {args.opset}")
     sam2 = args.model in SAM2_MODEL_CHOICES
     if args.raw_input and sam2:
-        raise UserError(f"--raw-input: not available for SAM 2 models ({args.model}), whose input is the image stretched to the square")
+        raise UserError(
+            f"--raw-input: not available for SAM 2 models ({args.model}), whose input is the image stretched to the square"
+        )
     if args.return_single_mask and (sam2 or args.model in HQ_MODEL_CHOICES):
-        raise UserError(f"--return-single-mask: SAM 1 models only ({args.model} decoders choose their single mask themselves)")
+        raise UserError(
+            f"--return-single-mask: SAM 1 models only ({args.model} decoders choose their single mask themselves)"
+        )
     checkpoint = existing_file(args.checkpoint, "--checkpoint") if args.checkpoint is not None else None
     try:
         import onnx  # noqa: F401

@@ -108,7 +108,9 @@ class HQDecoderForExport(nn.Module):
         output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight, dec.hf_token.weight], dim=0)  # (1+T+1, C)
         n_out = output_tokens.shape[0]
         tokens = torch.cat([output_tokens.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)  # (B, 1+T+1+N, C)
-        hs, image_tokens = dec.transformer(image_embeddings + dense, self.image_pe, tokens, keep_tokens=n_out)
+        # The transformer's reference path (the official computation), as the SAM 1 export traces it.
+        src = image_embeddings + dense  # (1, C, h, w)
+        hs, image_tokens = dec.transformer(src, self.image_pe, tokens, reference=True)  # (B, K+N, C), (B, hw, C)
         c, h, w = self.image_pe.shape[1:]
         image = image_tokens.transpose(1, 2).reshape(b, c, h, w)  # (B, C, h, w)
         upscaled_sam = dec.output_upscaling(image)  # (B, C/8, 4h, 4w)

@@ -249,7 +249,8 @@ class OnnxPredictor:
             raise ValueError(f"resized: expected an (h, w, 3) uint8 array, got {resized.dtype} {resized.shape}")
         h, w = int(resized.shape[0]), int(resized.shape[1])
         if stretch and (h, w) != (self.img_size, self.img_size):
-            raise ValueError(f"resized: a {self.family} model takes the image stretched to {self.img_size} x {self.img_size}, got {(h, w)}")
+            side = self.img_size
+            raise ValueError(f"resized: a {self.family} model takes the image stretched to {side} x {side}, got {(h, w)}")
         if max(h, w) != self.img_size:
             raise ValueError(f"resized: longest side must be {self.img_size}, got {(h, w)}")
         if self._raw_input:

@@ -21,10 +21,10 @@ def resize_to_square(image: np.ndarray, side: int) -> np.ndarray:
     Each channel is resized as a Pillow float image ("F" mode) with the bilinear filter, which
     antialiases when shrinking, as SAM 2's preprocessing does.
     """
-    channels = [
-        np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c], dtype=np.float32)).resize((side, side), Image.BILINEAR))
-        for c in range(image.shape[2])
-    ]
+    channels = []
+    for c in range(image.shape[2]):
+        plane = Image.fromarray(np.ascontiguousarray(image[..., c], dtype=np.float32))  # mode "F"
+        channels.append(np.asarray(plane.resize((side, side), Image.BILINEAR)))  # (S, S) float32
     return np.stack(channels, axis=-1).astype(np.float32, copy=False)  # (S, S, 3)
 
 
