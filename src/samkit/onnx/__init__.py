@@ -4,6 +4,10 @@
 need torch and onnx. Attributes are imported lazily so ``import samkit.onnx`` stays
 cheap and torch-free.
 
+Every model family exports: SAM 1 and MobileSAM, SAM 2 / 2.1 (its encoder also gives the two
+projected high-resolution levels) and HQ-SAM (its encoder also gives the HQ features; its decoder
+takes ``multimask_output`` and ``hq_token_only``); names per family in :mod:`samkit.onnx.interfaces`.
+
 Example::
 
     from samkit.onnx import export_onnx, OnnxPredictor
