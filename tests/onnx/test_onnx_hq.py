@@ -131,3 +131,34 @@ def test_int8_encoder(
     figure = f"hq_vit_tiny int8 (quint8) vs fp32 mask IoU: min {min(ious):.4f}, mean {np.mean(ious):.4f} ({len(ious)} masks)"
     report_figure(figure)
     assert min(ious) >= 0.95, figure
+
+
+def test_hq_vit_encoder_path(tmp_path: Any) -> None:
+    """The ViT early-feature path of hq_vit_b/l/h (the tests above run TinyViT's), on a tiny 256-px HQ ViT."""
+    from onnx_support import perturb_, tiny_config
+
+    from samkit.config import HQSamConfig
+    from samkit.modeling.hq_sam import HQSam
+    from samkit.onnx import export_onnx
+
+    base = tiny_config(256)
+    config = HQSamConfig(
+        name="tiny_hq_vit",
+        image_encoder=base.image_encoder,
+        prompt_encoder=base.prompt_encoder,
+        mask_decoder=base.mask_decoder,
+    )
+    model = perturb_(HQSam(config), seed=6)
+    export_onnx(model, tmp_path)
+    image = structured_image(200, 150, seed=3)
+    theirs, ours = SamPredictor(model), OnnxPredictor.from_dir(tmp_path)
+    theirs.set_image(image)
+    ours.set_image(image)
+    assert ours.hq_features is not None and theirs.hq_features is not None
+    assert_logits_close(ours.hq_features, theirs.hq_features.numpy(), what="tiny HQ ViT hq_features", tol=1e-4)
+    point = {"point_coords": np.array([[70, 90]]), "point_labels": np.array([1]), "return_logits": True}
+    for hq_token_only in (False, True):
+        ref = theirs.predict(**point, hq_token_only=hq_token_only)
+        got = ours.predict(**point, hq_token_only=hq_token_only)
+        for a, b, name in zip(got, ref, ("masks", "scores", "low_res")):
+            assert_logits_close(a, b, what=f"tiny HQ ViT {name}")
