@@ -55,8 +55,9 @@ def _randn(*shape: int, seed: int) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
-def _normed(pre_norm: torch.Tensor, probs: torch.Tensor, mixed: torch.Tensor, norm: torch.nn.LayerNorm,
-            base: NormedImage | None = None) -> NormedImage:
+def _normed(
+    pre_norm: torch.Tensor, probs: torch.Tensor, mixed: torch.Tensor, norm: torch.nn.LayerNorm, base: NormedImage | None = None
+) -> NormedImage:
     """LN(pre_norm) kept with its factors, as the cached layers build it."""
     out, mean, rstd = torch.native_layer_norm(pre_norm, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
     return NormedImage(out, probs, mixed, mean.transpose(1, 2), rstd.transpose(1, 2), norm.weight, norm.bias, base)
@@ -214,8 +215,8 @@ def test_cached_transformer_of_other_depths(t: int, depth: int, calls: Counter[s
 def test_masks_from_image_tokens_equals_official_upscaling() -> None:
     """The upscaling as tiled sub-pixel GEMMs == ConvTranspose2d upscaling + hypernetwork product."""
     torch.manual_seed(1)
-    decoder = MaskDecoder(MaskDecoderConfig(transformer_dim=C, transformer_mlp_dim=2 * C, transformer_num_heads=2,
-                                            iou_head_hidden_dim=C)).double()
+    config = MaskDecoderConfig(transformer_dim=C, transformer_mlp_dim=2 * C, transformer_num_heads=2, iou_head_hidden_dim=C)
+    decoder = MaskDecoder(config).double()
     with torch.no_grad():
         for p in decoder.parameters():
             p.add_(torch.randn_like(p) * 0.1)
