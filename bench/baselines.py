@@ -137,8 +137,12 @@ def predictor(model: torch.nn.Module, variant: str = "vit_b") -> Any:
     return SamPredictor(model)
 
 
-def mask_generator(model: torch.nn.Module, **kwargs: Any) -> Any:
-    """The official ``SamAutomaticMaskGenerator``."""
+def mask_generator(model: torch.nn.Module, variant: str = "vit_b", **kwargs: Any) -> Any:
+    """The official automatic mask generator of ``variant``'s family (segment-anything's or sam2's)."""
+    if variant.startswith("sam2"):
+        from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+
+        return SAM2AutomaticMaskGenerator(model, **kwargs)
     from segment_anything import SamAutomaticMaskGenerator
 
     return SamAutomaticMaskGenerator(model, **kwargs)

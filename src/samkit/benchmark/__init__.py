@@ -30,7 +30,7 @@ from .harness import (
     time_alternating,
     to_json,
 )
-from .rows_families import row_annotate, row_hq, row_sam2
+from .rows_families import row_annotate, row_hq, row_sam2, row_sam2_everything
 from .rows_sam1 import (
     row_everything,
     row_memory,
@@ -73,6 +73,7 @@ ROWS: dict[str, Callable[[BenchContext], list[BenchRow]]] = {
     "onnx": row_onnx,
     "hq": row_hq,
     "sam2": row_sam2,
+    "sam2_everything": row_sam2_everything,
     "set_image_vit_h": functools.partial(row_set_image, variant="vit_h"),
     "bf16_vit_h": functools.partial(row_set_image_bf16, variant="vit_h"),
     "batch8": row_set_image_batch,

@@ -3,9 +3,12 @@ and SAM 2.1 (sam2), on the same perturbed weights; and samkit annotate's workloa
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import numpy as np
 
-from .harness import BenchContext, BenchRow, logit_agreement, time_alternating
+from .harness import BenchContext, BenchRow, logit_agreement, match_records, time_alternating
 
 def row_annotate(ctx: BenchContext) -> list[BenchRow]:
     """``samkit annotate``'s workload (in :mod:`samkit.annotation.bench`, imported when run)."""
@@ -49,3 +52,57 @@ def row_hq(ctx: BenchContext) -> list[BenchRow]:
 def row_sam2(ctx: BenchContext) -> list[BenchRow]:
     """SAM 2.1 (hiera_t and hiera_b+) against the official sam2 package."""
     return row_model_family(ctx, "sam2.1_hiera_t") + row_model_family(ctx, "sam2.1_hiera_b+")
+
+
+def _generate_timed(generator: Any, image: np.ndarray) -> tuple[float, list[dict[str, Any]]]:
+    start = time.perf_counter()
+    records = generator.generate(image)
+    return time.perf_counter() - start, records
+
+
+def row_sam2_everything_variant(ctx: BenchContext, variant: str) -> list[BenchRow]:
+    """Segment everything with a SAM 2.1 model against ``SAM2AutomaticMaskGenerator``, one round.
+
+    Two settings on the same perturbed weights: the official defaults (32x32 points, predicted
+    IoU > 0.8, stability >= 0.95, box NMS 0.7), and the same with both score filters off, which
+    keeps masks on random weights so that the mask sets can be compared one to one (box NMS
+    still merges the image-wide masks random weights give).
+    """
+    from ..everything import SamAutomaticMaskGenerator
+
+    off_model = ctx.official(variant).model
+    ours_model = ctx.samkit(variant).model
+    image = ctx.image
+    rows = []
+    settings: list[tuple[str, dict[str, Any]]] = [
+        ("defaults", {}),
+        ("filters off", {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}),
+    ]
+    for label, options in settings:
+        t_off, off_masks = _generate_timed(ctx.baselines.mask_generator(off_model, variant, **options), image)
+        ours_gen = SamAutomaticMaskGenerator(ours_model, **options)
+        t_ours, ours_masks = _generate_timed(ours_gen, image)
+        matched = match_records(off_masks, ours_masks)
+        stats = dict(ours_gen.last_stats)
+        rows.append(
+            BenchRow(
+                f"everything {variant} {label}, {image.shape[1]}x{image.shape[0]}",
+                "official SAM2AutomaticMaskGenerator",
+                t_off,
+                t_ours,
+                check=(
+                    f"{len(off_masks)} vs {len(ours_masks)} masks, {matched} matched one-to-one with IoU>=0.99; "
+                    f"{stats.get('iou_passed', '?')}/{stats.get('masks', '?')} passed the IoU filter; "
+                    "perturbed random weights; one round"
+                ),
+                ok=len(off_masks) == len(ours_masks) == matched,
+                extra={"samkit_stats": stats},
+            )
+        )
+    ctx.drop(f"official:{variant}:", f"samkit:{variant}:")
+    return rows
+
+
+def row_sam2_everything(ctx: BenchContext) -> list[BenchRow]:
+    """Segment everything, SAM 2.1 hiera_t and hiera_b+, against the official sam2 generator."""
+    return row_sam2_everything_variant(ctx, "sam2.1_hiera_t") + row_sam2_everything_variant(ctx, "sam2.1_hiera_b+")
