@@ -17,7 +17,7 @@ from collections.abc import Sequence
 __all__ = ["main", "UserError", "COMMANDS"]
 
 # Module names under samkit.cli, in the order they appear in --help.
-COMMANDS: tuple[str, ...] = ("segment", "download", "everything", "embed", "bench", "export_onnx", "serve", "annotate", "label_studio")
+COMMANDS: tuple[str, ...] = ("segment", "download", "everything", "embed", "bench", "export_onnx", "serve", "annotate", "label_studio", "track")
 
 
 class UserError(Exception):
