@@ -248,3 +248,49 @@ def construct_decoder_(
     single = decoder.output_hypernetworks_mlps[0].layers[-1]
     single.weight.zero_()
     single.bias.copy_(decoder.output_hypernetworks_mlps[2].layers[-1].bias)
+
+
+# ------------------------------------------------------------------ video (SAM 2.x)
+def make_video_checkpoint(variant: str, path: str | os.PathLike[str], seed: int = 0, object_score_bias: float = 0.5) -> str:
+    """A perturbed official video checkpoint (``{"model": state_dict}``) whose objects are present.
+
+    Perturbed default-init weights score every object about -0.2 ("absent": every mask the
+    -1024 placeholder), so the object-score head's last bias gets ``object_score_bias`` and the
+    tracked masks carry information.
+    """
+    from sam2.build_sam import build_sam2_video_predictor
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = build_sam2_video_predictor(SAM2_CONFIGS[variant], None, device="cpu")
+    _perturb_(model, seed)
+    with torch.no_grad():
+        model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.add_(object_score_bias)
+    torch.save({"model": model.state_dict()}, path)
+    return os.fspath(path)
+
+
+def _opencv_connected_components(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(labels, areas) of 8-connected components per mask, shaped like sam2's CUDA extension returns."""
+    import cv2
+
+    labels_out = torch.zeros(mask.shape, dtype=torch.int32)
+    areas_out = torch.zeros(mask.shape, dtype=torch.int32)
+    for i in range(mask.shape[0]):
+        m = mask[i, 0].to(torch.uint8).numpy()
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+        labels_t = torch.from_numpy(labels.astype(np.int32))
+        areas = torch.from_numpy(stats[:, cv2.CC_STAT_AREA].astype(np.int32))
+        labels_out[i, 0] = labels_t
+        areas_out[i, 0] = torch.where(labels_t > 0, areas[labels_t.long()], torch.zeros_like(labels_t))
+    return labels_out, areas_out
+
+
+def video_predictor(variant: str, checkpoint: str) -> Any:
+    """The official ``SAM2VideoPredictor`` on the CPU, with OpenCV's connected components in place
+    of the CUDA extension a CPU install lacks (otherwise it skips hole filling, which samkit does)."""
+    import sam2.utils.misc as misc
+    from sam2.build_sam import build_sam2_video_predictor
+
+    misc.get_connected_components = _opencv_connected_components
+    return build_sam2_video_predictor(SAM2_CONFIGS[variant], checkpoint, device="cpu")

@@ -30,7 +30,7 @@ from .harness import (
     time_alternating,
     to_json,
 )
-from .rows_families import row_annotate, row_hq, row_sam2, row_sam2_everything
+from .rows_families import row_annotate, row_hq, row_sam2, row_sam2_everything, row_video, row_video_memory
 from .rows_sam1 import (
     row_everything,
     row_memory,
@@ -74,6 +74,8 @@ ROWS: dict[str, Callable[[BenchContext], list[BenchRow]]] = {
     "hq": row_hq,
     "sam2": row_sam2,
     "sam2_everything": row_sam2_everything,
+    "video": row_video,
+    "video_memory": row_video_memory,
     "set_image_vit_h": functools.partial(row_set_image, variant="vit_h"),
     "bf16_vit_h": functools.partial(row_set_image_bf16, variant="vit_h"),
     "batch8": row_set_image_batch,

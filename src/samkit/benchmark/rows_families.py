@@ -4,11 +4,12 @@ and SAM 2.1 (sam2), on the same perturbed weights; and samkit annotate's workloa
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .harness import BenchContext, BenchRow, logit_agreement, match_records, time_alternating
+from .harness import BenchContext, BenchRow, logit_agreement, mask_iou, match_records, time_alternating
 
 def row_annotate(ctx: BenchContext) -> list[BenchRow]:
     """``samkit annotate``'s workload (in :mod:`samkit.annotation.bench`, imported when run)."""
@@ -106,3 +107,122 @@ def row_sam2_everything_variant(ctx: BenchContext, variant: str) -> list[BenchRo
 def row_sam2_everything(ctx: BenchContext) -> list[BenchRow]:
     """Segment everything, SAM 2.1 hiera_t and hiera_b+, against the official sam2 generator."""
     return row_sam2_everything_variant(ctx, "sam2.1_hiera_t") + row_sam2_everything_variant(ctx, "sam2.1_hiera_b+")
+
+
+def write_bench_clip(folder: Path, frames: int, height: int = 540, width: int = 960, seed: int = 0) -> Path:
+    """A synthetic clip of ``frames`` JPEG frames: a disc moving right and a box moving left and
+    down over a gradient with noise (what the tracker follows in the video rows)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    background = np.stack([40 + 150 * x / width, 60 + 120 * y / height, 90 + 0 * x], axis=-1)  # (H, W, 3)
+    for t in range(frames):
+        phase = (t % 64) / 64.0  # the shapes loop every 64 frames
+        frame = background.copy()
+        cx, cy = (0.25 + 0.4 * phase) * width, 0.5 * height
+        frame[(x - cx) ** 2 + (y - cy) ** 2 < (0.15 * height) ** 2] = (220, 40, 40)
+        bx, by = (0.75 - 0.3 * phase) * width, (0.3 + 0.2 * phase) * height
+        frame[(np.abs(x - bx) < 0.08 * width) & (np.abs(y - by) < 0.12 * height)] = (30, 200, 60)
+        frame += rng.normal(0.0, 4.0, size=frame.shape)
+        Image.fromarray(np.clip(np.rint(frame), 0, 255).astype(np.uint8)).save(folder / f"{t:05d}.jpg", quality=92)
+    return folder
+
+
+def _track(predictor: Any, clip: Path, width: int, height: int) -> tuple[float, dict[int, np.ndarray]]:
+    """One session: init, a click on each shape on frame 0, propagate. Returns (propagation
+    seconds, {frame: (N_obj, H, W) bool masks})."""
+    state = predictor.init_state(str(clip))
+    predictor.add_new_points_or_box(state, 0, 1, points=np.array([[0.25 * width, 0.5 * height]], np.float32), labels=np.array([1], np.int32))
+    predictor.add_new_points_or_box(state, 0, 2, points=np.array([[0.75 * width, 0.3 * height]], np.float32), labels=np.array([1], np.int32))
+    masks: dict[int, np.ndarray] = {}
+    start = time.perf_counter()
+    for frame_idx, _, logits in predictor.propagate_in_video(state):
+        masks[frame_idx] = (logits[:, 0] > 0).cpu().numpy()
+    seconds = time.perf_counter() - start
+    if hasattr(state, "close"):
+        state.close()
+    return seconds, masks
+
+
+def row_video_variant(ctx: BenchContext, variant: str = "sam2.1_hiera_t", frames: int = 64) -> list[BenchRow]:
+    """Video propagation, samkit's SamVideoPredictor against the official SAM2VideoPredictor (fp32,
+    CPU, the same perturbed weights, two objects clicked on frame 0, one round each): frames per
+    second of the propagation and the peak memory of the whole session (init_state included)."""
+    import torch
+
+    from ..build_sam2 import build_sam_video
+    from ..video import SamVideoPredictor
+    from .harness import peak_memory
+
+    ctx.drop("official:", "samkit:")
+    height, width = 540, 960
+    clip = write_bench_clip(ctx.workdir / f"clip_{frames}", frames, height, width)
+    checkpoint = ctx.baselines.make_video_checkpoint(variant, ctx.workdir / f"{variant}_video.pt")
+    results: dict[str, tuple[float, float | None, dict[int, np.ndarray]]] = {}
+    for side in ("official", "samkit"):
+        with peak_memory() as peak, torch.inference_mode():
+            if side == "official":
+                predictor = ctx.baselines.video_predictor(variant, checkpoint)
+            else:
+                predictor = SamVideoPredictor(build_sam_video(variant, checkpoint, device=ctx.device))
+            seconds, masks = _track(predictor, clip, width, height)
+            del predictor
+        results[side] = (seconds, peak["peak_mb"], masks)
+    off, ours = results["official"], results["samkit"]
+    ious = [
+        mask_iou(a, b)
+        for f in sorted(off[2])
+        for a, b in zip(off[2][f], ours[2].get(f, np.zeros_like(off[2][f])))
+    ]
+    worst = min(ious) if ious else 0.0
+    return [
+        BenchRow(
+            f"video propagation {variant}, {frames} frames {width}x{height}, 2 objects",
+            "official SAM2VideoPredictor",
+            off[0],
+            ours[0],
+            baseline_peak_mb=off[1],
+            samkit_peak_mb=ours[1],
+            check=f"{len(ours[2])} vs {len(off[2])} frames; fps {frames / off[0]:.3f} vs {frames / ours[0]:.3f}; "
+            f"worst per-frame mask IoU {worst:.4f}; one round each",
+            ok=len(ours[2]) == len(off[2]) == frames and worst >= 0.99,
+            extra={"frames": frames, "official_fps": frames / off[0], "samkit_fps": frames / ours[0]},
+        )
+    ]
+
+
+def row_video(ctx: BenchContext) -> list[BenchRow]:
+    """hiera_t video propagation over 64 frames against the official predictor."""
+    return row_video_variant(ctx, "sam2.1_hiera_t", 64)
+
+
+def row_video_memory(ctx: BenchContext, variant: str = "sam2.1_hiera_t", lengths: tuple[int, ...] = (64, 256)) -> list[BenchRow]:
+    """samkit's peak memory of a whole tracking session against the video's length (it should not grow)."""
+    import torch
+
+    from ..build_sam2 import build_sam_video
+    from ..video import SamVideoPredictor
+    from .harness import peak_memory
+
+    ctx.drop("official:", "samkit:")
+    checkpoint = ctx.baselines.make_video_checkpoint(variant, ctx.workdir / f"{variant}_video.pt")
+    predictor = SamVideoPredictor(build_sam_video(variant, checkpoint, device=ctx.device))
+    rows = []
+    for frames in lengths:
+        clip = write_bench_clip(ctx.workdir / f"clip_{frames}", frames)
+        with peak_memory() as peak, torch.inference_mode():
+            seconds, masks = _track(predictor, clip, 960, 540)
+        rows.append(
+            BenchRow(
+                f"video memory {variant}, {frames} frames 960x540 (samkit only)",
+                "-",
+                None,
+                seconds,
+                samkit_peak_mb=peak["peak_mb"],
+                check=f"peak {peak['peak_mb']:.0f} MB above the loaded model; {frames / seconds:.3f} frames/s; {len(masks)} frames",
+                ok=len(masks) == frames,
+            )
+        )
+    return rows
