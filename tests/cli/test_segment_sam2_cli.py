@@ -42,11 +42,16 @@ def test_segment_with_sam21(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 
 
 def test_sam2_names_only_where_supported(capsys: pytest.CaptureFixture[str]) -> None:
-    """Commands that do not run SAM 2 models yet refuse the names as a usage error (exit 2)."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(["export-onnx", "--out", "unused", "--model", "sam2.1_hiera_t"])
-    assert exit_info.value.code == 2
-    assert "invalid choice: 'sam2.1_hiera_t'" in capsys.readouterr().err
+    """Commands that do not run SAM 2 models yet (annotate, label-studio) refuse the names as a
+    usage error (exit 2); export-onnx takes them (tests/onnx/test_onnx_sam2.py)."""
+    for argv in (
+        ["annotate", "in.png", "--boxes", "boxes.json", "--out", "unused", "--model", "sam2.1_hiera_t"],
+        ["label-studio", "--label-studio-url", "http://127.0.0.1:1", "--api-key", "k", "--model", "sam2.1_hiera_t"],
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        assert "invalid choice: 'sam2.1_hiera_t'" in capsys.readouterr().err
 
 
 def test_everything_with_sam21(tmp_path: Path) -> None:
