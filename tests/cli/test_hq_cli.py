@@ -66,11 +66,11 @@ def test_download_hq_checkpoint(http_file_server, tmp_path, monkeypatch, caplog)
     assert any("was not verified" in r.getMessage() for r in caplog.records)
 
 
-def test_export_onnx_refuses_hq_models(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        main(["export-onnx", "--model", "hq_vit_b", "--out", str(tmp_path / "onnx")])
-    assert exit_info.value.code == 2
-    assert "invalid choice: 'hq_vit_b'" in capsys.readouterr().err
+def test_export_onnx_refuses_return_single_mask_for_hq_models(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """export-onnx takes HQ models (tests/onnx/test_onnx_hq.py); its SAM 1-only option is one line, exit 2."""
+    assert main(["export-onnx", "--model", "hq_vit_b", "--return-single-mask", "--out", str(tmp_path / "onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("samkit export-onnx: error:") and "--return-single-mask" in err and "\n" not in err
 
 
 def test_embed_with_hq_model_loads_back(hq_tiny_checkpoint: Path, tmp_path: Path) -> None:
