@@ -1,4 +1,4 @@
-"""Tests for samkit.io: reading images (EXIF, modes, bit depths) and atomic writers."""
+"""Tests for samkit.io (reading images: EXIF, modes, bit depths; atomic writers) and samkit.pictures (mask PNGs, overlays)."""
 
 from __future__ import annotations
 
@@ -14,14 +14,11 @@ from samkit.io import (
     ImageReadError,
     atomic_write_bytes,
     atomic_write_text,
-    draw_overlay,
     load_image,
-    palette,
     save_image,
-    save_mask_png,
-    save_masks_png,
     to_rgb_uint8,
 )
+from samkit.pictures import draw_overlay, palette, save_mask_png, save_masks_png
 
 
 def _gradient(h: int = 6, w: int = 8) -> np.ndarray:

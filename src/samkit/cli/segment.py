@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     """Segment and write the outputs; prints scores."""
     import numpy as np
 
-    from ..io import draw_overlay, load_image, save_image, save_mask_png
+    from ..io import load_image, save_image
+    from ..pictures import draw_overlay, save_mask_png
     from ..predictor import SamPredictor
     from . import UserError
 

@@ -162,7 +162,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..everything.rle import counts_to_string, mask_to_rle
-    from ..io import atomic_write_text, save_mask_png
+    from ..io import atomic_write_text
+    from ..pictures import save_mask_png
     from ..outputs import check_output_dir
     from ..progress import make_progress
     from ..video import SamVideoPredictor
@@ -253,7 +254,7 @@ def _write_overlay(path: Path, state: Any, frames: dict[int, dict[str, Any]], ob
     import numpy as np
 
     from ..everything.rle import rle_to_mask, string_to_counts
-    from ..io import draw_overlay, palette
+    from ..pictures import draw_overlay, palette
     from . import UserError
 
     if path.suffix.lower() != ".mp4":

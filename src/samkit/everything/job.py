@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from ..io import atomic_write_text, draw_overlay, load_image, palette, save_image, save_mask_png
+from ..io import atomic_write_text, load_image, save_image
+from ..pictures import draw_overlay, palette, save_mask_png
 from ..jobs import Engine, ImageResult, ImageTask, JobSummary, Markers, build_model, collect_inputs, local_engine, run_tasks
 from ..jobs.markers import read_json
 from ..outputs import remove_stale_temp_files

@@ -38,12 +38,10 @@ from samkit.progress import make_progress
 from samkit.io import (
     ImageReadError,
     atomic_write_text,
-    draw_overlay,
     load_image,
-    palette,
     save_image,
-    save_mask_png,
 )
+from samkit.pictures import draw_overlay, palette, save_mask_png
 from samkit.everything.rle import rle_to_mask
 
 __all__ = [
