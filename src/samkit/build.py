@@ -121,5 +121,12 @@ def _registry_builder(name: str):  # type: ignore[no-untyped-def]
 
 
 # Drop-in for code written against the official ``sam_model_registry[name](checkpoint=...)``.
+# Every model samkit builds is there under its samkit name (HQ-SAM: "hq_vit_b", ...; SAM 2.x:
+# "sam2.1_hiera_t", ...), so one registry serves code written for any of the official packages.
 sam_model_registry = {name: _registry_builder(name) for name in ("vit_b", "vit_l", "vit_h", "vit_t")}
 sam_model_registry["default"] = sam_model_registry["vit_h"]
+for _name in ("hq_vit_b", "hq_vit_l", "hq_vit_h", "hq_vit_tiny") + tuple(
+    f"{family}_hiera_{size}" for family in ("sam2.1", "sam2") for size in ("t", "s", "b+", "l")
+):
+    sam_model_registry[_name] = _registry_builder(_name)
+del _name

@@ -1,5 +1,6 @@
-"""The command line with HQ-SAM models: ``segment --model hq_vit_tiny``, ``download hq_vit_b``,
-and ``export-onnx`` refusing HQ models (no HQ export yet) with a usage error."""
+"""The command line with HQ-SAM models: ``segment``, ``everything`` and ``embed --model hq_vit_tiny``,
+``download hq_vit_b``, ``sam_model_registry``, and export-onnx's SAM 1-only option refused (HQ export
+itself: tests/onnx/test_onnx_hq.py)."""
 
 from __future__ import annotations
 
@@ -105,3 +106,37 @@ def test_segment_hq_token_only(hq_tiny_checkpoint: Path, tmp_path: Path, capsys:
     )
     assert abs(result["scores"][0] - float(scores[0])) < 1e-3
     assert np.array_equal(np.asarray(Image.open(out)) > 0, masks[0])
+
+
+def test_sam_model_registry_builds_hq_models(hq_tiny_checkpoint: Path) -> None:
+    """``sam_model_registry`` (the official packages' entry point) knows the HQ and SAM 2.x names."""
+    model = samkit.sam_model_registry["hq_vit_tiny"](checkpoint=hq_tiny_checkpoint)
+    assert isinstance(model, HQSam)
+    reference = samkit.build_sam("hq_vit_tiny", hq_tiny_checkpoint)
+    for (name, a), (_, b) in zip(model.state_dict().items(), reference.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert {"hq_vit_b", "hq_vit_l", "hq_vit_h", "sam2.1_hiera_t", "sam2_hiera_b+", "vit_b", "default"} <= set(samkit.sam_model_registry)
+
+
+def test_everything_with_hq_model(hq_tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """``samkit everything --model hq_vit_tiny`` writes the generator's masks."""
+    import csv
+
+    from samkit.everything import SamAutomaticMaskGenerator
+
+    image = samkit.load_image(EXAMPLE)[:120, :160]
+    source = tmp_path / "in" / "small.png"
+    source.parent.mkdir()
+    Image.fromarray(image).save(source)
+    options = ["--points-per-side", "2", "--pred-iou-thresh", "0", "--stability-score-thresh", "0", "--box-nms-thresh", "1"]
+    out = tmp_path / "out"
+    assert main(["everything", str(source), "--out", str(out), "--model", "hq_vit_tiny", "--checkpoint", str(hq_tiny_checkpoint),
+                 "--device", "cpu", "--no-progress", *options]) == 0
+    rows = list(csv.DictReader((out / "small" / "metadata.csv").read_text().splitlines()))
+    records = SamAutomaticMaskGenerator(
+        samkit.build_sam("hq_vit_tiny", hq_tiny_checkpoint),
+        points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0,
+    ).generate(image)
+    assert len(rows) == len(records) == 4  # HQ: one mask per point
+    assert sorted(int(r["area"]) for r in rows) == sorted(int(r["area"]) for r in records)
+    assert sorted(float(r["predicted_iou"]) for r in rows) == pytest.approx(sorted(r["predicted_iou"] for r in records), abs=1e-4)
