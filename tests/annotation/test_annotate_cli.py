@@ -55,3 +55,33 @@ def test_cli_user_errors_exit_2(extra: list[str], message: str, dataset: dict[st
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_cli_with_an_hq_model_gives_the_predictors_masks(dataset: dict[str, Any], tmp_path: Path) -> None:
+    """``samkit annotate --model hq_vit_tiny``: each COCO mask is the HQ predictor's best mask for its box."""
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    from samkit import SamPredictor, load_image
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "hq_vit_tiny_random.pth"
+    torch.save(build_sam(VARIANTS["hq_vit_tiny"].with_overrides(name="hq_vit_tiny_random")).state_dict(), checkpoint)
+    out = tmp_path / "out"
+    argv = ["annotate", str(dataset["root"]), "-r", "--boxes", str(dataset["coco_path"]), "--out", str(out),
+            "--format", "coco", "--model", "hq_vit_tiny", "--checkpoint", str(checkpoint), "--threads", "2", "--no-progress"]
+    assert main(argv) == 0
+    written = json.loads((out / "annotations.json").read_text())
+    assert len(written["annotations"]) == 6
+    predictor = SamPredictor(build_sam("hq_vit_tiny", checkpoint))
+    files = {im["id"]: im["file_name"] for im in dataset["coco"]["images"]}
+    boxes = {a["id"]: a["bbox"] for a in dataset["coco"]["annotations"]}
+    for ann in written["annotations"]:
+        predictor.set_image(load_image(dataset["root"] / files[ann["image_id"]]))
+        x, y, w, h = boxes[ann["id"]] if ann["id"] in boxes else ann["bbox"]
+        masks, scores, _ = predictor.predict(box=np.array([x, y, x + w, y + h]), multimask_output=True)
+        rle = ann["segmentation"]
+        if isinstance(rle["counts"], str):
+            rle = {**rle, "counts": rle["counts"].encode()}
+        got = mask_utils.decode(rle).astype(bool)
+        assert np.array_equal(got, masks[int(np.argmax(scores))]), ann["id"]
