@@ -96,3 +96,18 @@ def test_brush_rle_round_trip(shape: tuple[int, int]) -> None:
         mask[:] = False
         mask[10:290, :] = True
     assert np.array_equal(brush_rle_to_mask(mask_to_brush_rle(mask), *shape), mask)
+
+
+def test_click_with_an_hq_model_gives_the_hq_predictor_mask(fake_label_studio: FakeLabelStudio, picture: bytes) -> None:
+    """HQ-SAM behind the backend (``samkit label-studio --model hq_vit_*``): the HQ predictor's mask comes back."""
+    from server.support import make_tiny_hq_model
+
+    model = make_tiny_hq_model(1)
+    client = TestClient(create_backend(model, label_studio_url=fake_label_studio.url, api_key=TOKEN, cache_images=1))
+    answer = client.post("/predict", json=_request("/data/upload/1/pic.png", {"result": [_click(30.0, 60.0)]}))
+    assert answer.status_code == 200, answer.text
+    region = answer.json()["results"][0]["result"][0]
+    predictor = SamPredictor(model)
+    predictor.set_image(load_image(picture))
+    masks, scores, _ = predictor.predict(point_coords=np.array([[0.3 * 160, 0.6 * 120]]), point_labels=np.array([1]))
+    assert np.array_equal(brush_rle_to_mask(region["value"]["rle"], 120, 160), masks[int(np.argmax(scores))])
