@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..modeling import Sam
+from .mask_upscaling import upscale_padded
 
 __all__ = ["DecoderForExport", "EncoderForExport", "RawEncoderForExport"]
 
@@ -119,21 +120,6 @@ class DecoderForExport(nn.Module):
         index = best[:, :, None, None].expand(-1, -1, masks.shape[2], masks.shape[3])  # (B, 1, 4h, 4w)
         return torch.gather(masks, 1, index), torch.gather(iou, 1, best)
 
-    def _upscale(self, low_res: Tensor, orig_im_size: Tensor) -> Tensor:
-        """Low-res logits -> (B, M, H, W) logits at ``orig_im_size`` (official two-step math).
-
-        Bilinear to S x S, crop the resized-image area, bilinear to the original size.
-        The crop size is computed in float64 like :func:`samkit.geometry.preprocess_shape` (at least 1).
-        """
-        s = self.img_size
-        x = F.interpolate(low_res, size=(s, s), mode="bilinear", align_corners=False)  # (B, M, S, S)
-        size = orig_im_size.to(torch.float64)
-        scale = s / torch.max(size)
-        resized = torch.floor(size * scale + 0.5).clamp_min(1).to(torch.int64)  # (2,) (h, w), never 0
-        x = x[:, :, : resized[0], : resized[1]]  # (B, M, h, w)
-        out_hw = orig_im_size.to(torch.int64)
-        return F.interpolate(x, size=(out_hw[0], out_hw[1]), mode="bilinear", align_corners=False)  # (B, M, H, W)
-
     def forward(
         self,
         image_embeddings: Tensor,
@@ -154,4 +140,4 @@ class DecoderForExport(nn.Module):
         if self.return_single_mask:
             num_points = torch.ones_like(point_labels).sum(dim=1, keepdim=True)  # (1, 1), dynamic N
             low_res, iou = self._select_single(low_res, iou, num_points)
-        return self._upscale(low_res, orig_im_size), iou, low_res
+        return upscale_padded(low_res, orig_im_size, self.img_size), iou, low_res
