@@ -100,10 +100,14 @@ def test_track_bad_input_is_one_line(tmp_path: Path, checkpoint: Path, clip: Pat
         ([str(tmp_path / "missing.mp4"), "--point", "0,10,10", "--out", str(tmp_path / "b")], ""),
         ([str(clip), "--out", str(tmp_path / "c")], "give at least one"),
         ([str(clip), "--point", "0.5,10,10", "--out", str(tmp_path / "d")], "whole number"),
-        ([str(clip), "--point", "0,10,10", "--model", "vit_b", "--out", str(tmp_path / "e")], "SAM 2.x"),
         ([str(clip), "--point", "0,10,10", "--image-size", "100", "--out", str(tmp_path / "f")], "multiple of 64"),
     ]
     for argv, message in cases:
         assert main(base + argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.startswith("samkit track: error:") and "\n" not in err and message in err, err
+    with pytest.raises(SystemExit) as exit_info:  # a usage error: SAM 1 models do not track
+        main(base + [str(clip), "--point", "0,10,10", "--model", "vit_b", "--out", str(tmp_path / "e")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "invalid choice: 'vit_b'" in err and "\n" not in err

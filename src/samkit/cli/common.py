@@ -17,10 +17,12 @@ SAM2_MODEL_CHOICES = tuple(f"{family}_hiera_{size}" for family in ("sam2.1", "sa
 DTYPE_CHOICES = ("float32", "bfloat16", "float16", "auto")
 
 
-def add_model_args(parser: argparse.ArgumentParser, *, default_model: str = "vit_b", sam2: bool = False) -> None:
-    """Add --model, --checkpoint, --dtype, --device (``sam2``: SAM 2.x names too)."""
+def add_model_args(
+    parser: argparse.ArgumentParser, *, default_model: str = "vit_b", sam2: bool = False, sam2_only: bool = False
+) -> None:
+    """Add --model, --checkpoint, --dtype, --device (``sam2``: SAM 2.x names too; ``sam2_only``: only those)."""
     group = parser.add_argument_group("model")
-    choices = MODEL_CHOICES + SAM2_MODEL_CHOICES if sam2 else MODEL_CHOICES
+    choices = SAM2_MODEL_CHOICES if sam2_only else MODEL_CHOICES + SAM2_MODEL_CHOICES if sam2 else MODEL_CHOICES
     group.add_argument("--model", default=default_model, choices=choices, help=f"model variant (default {default_model})")
     group.add_argument(
         "--checkpoint",

@@ -73,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="model input size, a multiple of 64 (default the model's 1024; smaller is faster and coarser)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress output")
-    add_model_args(parser, default_model=SAM2_DEFAULT_MODEL, sam2=True)
+    add_model_args(parser, default_model=SAM2_DEFAULT_MODEL, sam2_only=True)
     parser.set_defaults(func=run)
 
 
@@ -169,8 +169,6 @@ def run(args: argparse.Namespace) -> int:
     from ..video import SamVideoPredictor
     from . import UserError
 
-    if not args.model.startswith("sam2"):
-        raise UserError(f"--model: tracking needs a SAM 2.x model (sam2.1_hiera_t, ...), got {args.model!r}")
     prompts = parse_prompts(args.point, args.box, args.object)
     out = Path(args.out)
     check_output_dir(out, what="--out")
