@@ -48,13 +48,20 @@ def _faults(mode: str) -> list[int]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
 def test_keep_freed_memory_stops_remapping_freed_blocks() -> None:
     """By default glibc maps the decoder's MB-sized intermediates afresh and trims the heap
-    after each prompt chunk, so every call faults its memory in again (thousands of page
-    faults per call); with it, the memory is reused and a steady-state call faults (almost)
-    nothing. Compared per call, at their quietest, so the load of the machine cannot decide it
-    (totals over a run moved 2x between an idle and a busy machine)."""
-    default, kept = _faults("default"), _faults("keep")
-    assert min(default) > 1_000, default  # the default really gives the memory back (else this proves nothing)
-    assert min(kept) * 10 < min(default), (kept, default)
+    after prompt chunks, so most calls fault their memory in again (tens of thousands of page
+    faults per run); with it, the memory is reused and a steady-state run faults (almost)
+    nothing. glibc's default is not deterministic: its dynamic mmap threshold sometimes settles
+    into reuse by itself (seen as [7697, 0, 1, 0, 0] in one of four runs, and a CI run failed
+    on a per-call minimum), so the baseline is the busiest of up to five fresh processes and
+    the runs are compared by their totals."""
+    kept = max((_faults("keep") for _ in range(2)), key=sum)  # two runs: a lucky quiet one cannot pass alone
+    default: list[int] = []
+    for _ in range(5):
+        default = max(default, _faults("default"), key=sum)
+        if sum(default) > 10_000:
+            break
+    assert sum(default) > 10_000, default  # the default really gives the memory back (else this proves nothing)
+    assert sum(kept) * 10 < sum(default), (kept, default)
 
 
 def test_keep_freed_memory_rejects_bad_thresholds() -> None:
