@@ -216,3 +216,25 @@ def test_yolo_bad_rows_and_label_files_without_an_image(tiny_model: Sam, dataset
     assert "empty box" in reasons["img11.txt line 4"]
     assert "unknown image" in reasons["orphan.txt"]
     assert (summary.masks, summary.below_score, summary.done) == (1, 1, 3)  # images without a label file: no masks
+
+
+@pytest.mark.parametrize("multimask", ["best", "single"])
+def test_sam2_model_masks_are_the_predictors(multimask: str, dataset: dict[str, Any], tmp_path: Path) -> None:
+    """A SAM 2.1 model (tiny, random weights): each mask is ``predict(box=...)``'s for its box on
+    every image (landscape, portrait, square: SAM 2 stretches each to its square)."""
+    from server.support import make_tiny_sam2_model
+
+    model = make_tiny_sam2_model(4)
+    summary = annotate(dataset["root"], dataset["coco_path"], tmp_path / "out", model=model, recursive=True,
+                       multimask=multimask, batch_size=1)
+    assert (summary.done, summary.masks, summary.bad_rows) == (3, 6, [])
+    coco = COCO(str(summary.outputs["coco"]))
+    assert coco.dataset["info"]["settings"]["model"] == "tiny_sam2.1"
+    predictor = SamPredictor(model)
+    files = {img["id"]: img["file_name"] for img in dataset["coco"]["images"]}
+    for image_id in IMAGE_SIZES:
+        predictor.set_image(load_image(dataset["root"] / files[image_id]))
+        for ann in coco.loadAnns(coco.getAnnIds(imgIds=[image_id])):
+            masks, scores, _ = predictor.predict(box=np.array(ann["prompt_box"]), multimask_output=multimask == "best")
+            assert np.array_equal(coco.annToMask(ann).astype(bool), masks[int(np.argmax(scores))]), ann["id"]
+            assert ann["predicted_iou"] == pytest.approx(float(scores.max()), abs=1e-6)

@@ -85,3 +85,36 @@ def test_cli_with_an_hq_model_gives_the_predictors_masks(dataset: dict[str, Any]
             rle = {**rle, "counts": rle["counts"].encode()}
         got = mask_utils.decode(rle).astype(bool)
         assert np.array_equal(got, masks[int(np.argmax(scores))]), ann["id"]
+
+
+def test_cli_with_a_sam21_model_gives_the_predictors_masks(dataset: dict[str, Any], tmp_path: Path) -> None:
+    """``samkit annotate --model sam2.1_hiera_t``: each COCO mask is the SAM 2.1 predictor's best mask
+    for its box, on a 240x360 image (boxes mapped into SAM 2's stretched square, not SAM 1's
+    longest-side frame). One image: each SAM 2.1 hiera_t embedding costs seconds on a CPU."""
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    from samkit import SamPredictor, load_image
+    from samkit.build_sam2 import get_sam2_config
+    from samkit.modeling.sam2 import Sam2
+
+    torch.manual_seed(0)
+    model = Sam2(get_sam2_config("sam2.1_hiera_t")).eval()
+    checkpoint = tmp_path / "sam2.1_hiera_tiny_random.pt"
+    torch.save({"model": model.state_dict()}, checkpoint)
+    out = tmp_path / "out"
+    argv = ["annotate", str(dataset["root"] / "img12.png"), "--boxes", str(dataset["coco_path"]), "--out", str(out), "--format", "coco",
+            "--model", "sam2.1_hiera_t", "--checkpoint", str(checkpoint), "--device", "cpu", "--threads", "2", "--no-progress"]
+    assert main(argv) == 0  # the other images' detections: bad rows (not among the inputs), not a failure
+    written = json.loads((out / "annotations.json").read_text())
+    assert written["info"]["settings"]["model"] == "sam2.1_hiera_t"
+    detected = sorted([a["image_id"], *a["bbox"][:2], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                      for a in dataset["coco"]["annotations"] if a["image_id"] == 12)
+    np.testing.assert_allclose(sorted([a["image_id"], *a["prompt_box"]] for a in written["annotations"]), detected, rtol=0, atol=1e-4)
+    predictor = SamPredictor(model)  # the checkpoint's weights; loading it is checked in tests/cli/test_segment_sam2_cli.py
+    predictor.set_image(load_image(dataset["root"] / "img12.png"))
+    for ann in written["annotations"]:
+        masks, scores, _ = predictor.predict(box=np.array(ann["prompt_box"]), multimask_output=True)
+        rle = {**ann["segmentation"], "counts": ann["segmentation"]["counts"].encode()}
+        assert np.array_equal(mask_utils.decode(rle).astype(bool), masks[int(np.argmax(scores))]), ann["id"]
+        assert ann["predicted_iou"] == pytest.approx(float(scores.max()), abs=1e-5)

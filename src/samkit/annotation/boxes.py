@@ -9,7 +9,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..geometry import map_boxes
 from ..predictor import SamPredictor
 
 __all__ = ["MULTIMASK_CHOICES", "BoxMasks", "masks_for_boxes"]
@@ -59,7 +58,7 @@ def masks_for_boxes(
     if not predictor.is_image_set or predictor.original_size is None:
         raise RuntimeError("no image is set: call predictor.set_image(image) first")
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    mapped = map_boxes(boxes, predictor.original_size, predictor.model.img_size)  # (N, 4) in the resized frame
+    mapped = predictor.transform.apply_boxes(boxes, predictor.original_size)  # (N, 4) in the model's frame (SAM 2: the stretched square)
     for start in range(0, len(boxes), batch_size):
         batch = torch.from_numpy(np.ascontiguousarray(mapped[start : start + batch_size])).to(predictor.device)  # (B, 4)
         masks, iou, _ = predictor.predict_torch(None, None, batch, multimask_output=multimask == "best")  # (B, C, H, W), (B, C)

@@ -31,6 +31,7 @@ from ..jobs import ImageResult, ImageTask, JobSummary, Markers, build_model, col
 from ..jobs.markers import read_json
 from ..jobs.work import model_name
 from ..modeling import Sam
+from ..modeling.sam2 import Sam2
 from ..predictor import SamPredictor
 from .boxes import MULTIMASK_CHOICES, masks_for_boxes
 from .detections import BadRow, Detection, DetectionSet, ImageRecord, clip_box, read_detections
@@ -158,7 +159,7 @@ class AnnotateWork:
         multimask, batch_size: as for :func:`annotate_task`.
     """
 
-    model_factory: Callable[[], Sam]
+    model_factory: Callable[[], Sam | Sam2]
     multimask: str = "best"
     batch_size: int = 32
 
@@ -215,8 +216,8 @@ def annotate(
     boxes: str | os.PathLike[str],
     out: str | os.PathLike[str],
     *,
-    model: Sam | SamPredictor | None = None,
-    model_factory: Callable[[], Sam] | None = None,
+    model: Sam | Sam2 | SamPredictor | None = None,
+    model_factory: Callable[[], Sam | Sam2] | None = None,
     engine: str = "local",
     workers: int = 1,
     ray_address: str | None = None,
@@ -243,7 +244,8 @@ def annotate(
             annotations, or a folder of YOLO txt files (with ``classes``, default
             ``classes.txt`` in it); see :func:`samkit.annotation.detections.read_detections`.
         out: output folder.
-        model: the SAM model (or a predictor around it); for the local engine.
+        model: the SAM model (SAM 1, MobileSAM, HQ-SAM or SAM 2.x; or a predictor around it);
+            for the local engine.
         model_factory: builds the model in each worker (``engine="ray"``; must pickle, e.g.
             ``functools.partial(build_sam, "vit_b", checkpoint)``); the local engine builds one
             with it when ``model`` is not given.

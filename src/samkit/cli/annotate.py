@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="Label Studio tasks name each image PREFIX + its file name (default: Label Studio's local files)",
     )
     parser.add_argument("-r", "--recursive", action="store_true", help="also read subfolders of input folders")
-    add_model_args(parser)
+    add_model_args(parser, sam2=True)
     add_engine_args(parser)  # --engine, --ray-address, --workers, --threads, --no-progress
     parser.set_defaults(func=run)
 
