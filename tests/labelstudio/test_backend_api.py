@@ -111,3 +111,34 @@ def test_click_with_an_hq_model_gives_the_hq_predictor_mask(fake_label_studio: F
     predictor.set_image(load_image(picture))
     masks, scores, _ = predictor.predict(point_coords=np.array([[0.3 * 160, 0.6 * 120]]), point_labels=np.array([1]))
     assert np.array_equal(brush_rle_to_mask(region["value"]["rle"], 120, 160), masks[int(np.argmax(scores))])
+
+
+def test_sam2_model_gives_the_predictor_masks(fake_label_studio: FakeLabelStudio, picture: bytes) -> None:
+    """SAM 2.1 behind the backend (``samkit label-studio --model sam2.1_hiera_*``): a click (best of three),
+    a click refined by a negative one and a box give the SAM 2 predictor's masks and scores."""
+    from server.support import make_tiny_sam2_model
+
+    model = make_tiny_sam2_model(2)
+    client = TestClient(create_backend(model, label_studio_url=fake_label_studio.url, api_key=TOKEN, cache_images=1))
+    assert client.post("/setup", json={"project": "1.0", "schema": LABEL_CONFIG}).json()["model_version"] == "samkit-tiny_sam2.1"
+    predictor = SamPredictor(model)
+    predictor.set_image(load_image(picture))
+    box = {"type": "rectanglelabels", "from_name": "tag3", "to_name": "image",
+           "value": {"x": 10.0, "y": 20.0, "width": 50.0, "height": 40.0, "rotation": 0, "rectanglelabels": ["dog"]}}
+    cases = [
+        ([_click(30.0, 60.0)], {"point_coords": np.array([[48.0, 72.0]]), "point_labels": np.array([1])}),
+        ([_click(30.0, 60.0), _click(80.0, 10.0, False)],
+         {"point_coords": np.array([[48.0, 72.0], [128.0, 12.0]]), "point_labels": np.array([1, 0]), "multimask_output": False}),
+        ([box], {"box": np.array([16.0, 24.0, 96.0, 72.0]), "multimask_output": False}),
+    ]
+    for context, prompt in cases:
+        answer = client.post("/predict", json=_request("/data/upload/1/pic.png", {"result": context}))
+        assert answer.status_code == 200, answer.text
+        region = answer.json()["results"][0]["result"][0]
+        masks, scores, _ = predictor.predict(**prompt)
+        best = int(np.argmax(scores))
+        assert 0 < masks[best].sum() < masks[best].size  # a mask with an inside and an outside
+        assert np.array_equal(brush_rle_to_mask(region["value"]["rle"], 120, 160), masks[best]), prompt
+        assert region["score"] == pytest.approx(float(scores[best]), abs=1e-6)
+    assert region["value"]["brushlabels"] == ["dog"]
+    assert fake_label_studio.requests == [("/data/upload/1/pic.png", f"Token {TOKEN}")]  # embedded once

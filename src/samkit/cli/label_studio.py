@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--api-key", default=os.environ.get("LABEL_STUDIO_API_KEY"), help="its API token (default $LABEL_STUDIO_API_KEY)"
     )
     parser.add_argument("--cache-images", type=int, default=16, help="image embeddings kept in memory (default 16)")
-    add_model_args(parser)
+    add_model_args(parser, sam2=True)
     parser.set_defaults(func=run)
 
 

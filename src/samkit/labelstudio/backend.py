@@ -32,6 +32,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..io import ImageReadError, load_image
 from ..modeling import Sam
+from ..modeling.sam2 import Sam2
 from ..predictor import SamPredictor
 from ..server.cache import ByteLRU
 from .brush import mask_to_brush_rle
@@ -58,13 +59,13 @@ class LabelStudioBackend:
     """The work behind the endpoints (no HTTP here).
 
     Args:
-        model: the SAM model.
+        model: the SAM model (SAM 1, MobileSAM, HQ-SAM or SAM 2.x).
         images: where task images are read from (the configured Label Studio).
         cache_images: embeddings kept (least recently used ones are dropped).
         model_version: the name Label Studio shows for the predictions.
     """
 
-    def __init__(self, model: Sam, images: LabelStudioImages, *, cache_images: int = DEFAULT_CACHE_IMAGES, model_version: str | None = None) -> None:
+    def __init__(self, model: Sam | Sam2, images: LabelStudioImages, *, cache_images: int = DEFAULT_CACHE_IMAGES, model_version: str | None = None) -> None:
         if cache_images < 1:
             raise ValueError(f"cache_images: expected >= 1, got {cache_images}")
         self.model = model
@@ -156,7 +157,7 @@ class LabelStudioBackend:
 
 
 def create_backend(
-    model: Sam,
+    model: Sam | Sam2,
     *,
     label_studio_url: str,
     api_key: str | None,
@@ -166,7 +167,7 @@ def create_backend(
     """The backend's FastAPI app.
 
     Args:
-        model: the SAM model.
+        model: the SAM model (SAM 1, MobileSAM, HQ-SAM or SAM 2.x).
         label_studio_url: the Label Studio whose images the backend reads (e.g. ``http://localhost:8080``).
         api_key: that Label Studio's API token (a legacy token: ``Authorization: Token ...``).
         cache_images: embeddings kept in memory.
