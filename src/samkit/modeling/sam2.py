@@ -43,10 +43,13 @@ class Sam2ImageCache:
     Attributes:
         high_res_features: (1, C/8, 4h, 4w) and (1, C/4, 2h, 2w) projected encoder levels.
         side: the transformer's prompt-independent work, for prompts without a mask input.
+        high_res_blocks: the same levels in pixel-block order (``Sam2MaskDecoder.high_res_blocks``)
+            for the fast upscaling; None for a model without high-resolution features.
     """
 
     high_res_features: tuple[Tensor, Tensor]
     side: ImageSideCache | None
+    high_res_blocks: tuple[Tensor, Tensor] | None = None
 
 
 class Sam2(nn.Module):
@@ -173,7 +176,8 @@ class Sam2(nn.Module):
         no_mask = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, h, w).to(dtype)
         side = self.sam_mask_decoder.prepare_image(image_embeddings.to(dtype), pe.get_dense_pe().to(dtype), no_mask)
         levels = tuple(f.to(dtype) for f in high_res_features)
-        return Sam2ImageCache(high_res_features=levels, side=side)  # type: ignore[arg-type]
+        blocks = self.sam_mask_decoder.high_res_blocks(*levels) if self.config.use_high_res_features else None
+        return Sam2ImageCache(high_res_features=levels, side=side, high_res_blocks=blocks)  # type: ignore[arg-type]
 
     def point_prompts(
         self, point_coords: Tensor | None, point_labels: Tensor | None, boxes: Tensor | None
@@ -221,10 +225,12 @@ class Sam2(nn.Module):
         high_res_features: tuple[Tensor, ...] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """:meth:`decode`, plus the (B, 1) object-score logits (> 0: an object is present)."""
+        blocks = None
         if high_res_features is None:
             if cache is None and self.config.use_high_res_features:
                 raise ValueError("decode: give cache= (from decoder_cache) or high_res_features=")
             high_res_features = cache.high_res_features if cache is not None else None
+            blocks = cache.high_res_blocks if cache is not None else None
         dtype = self.dtype
         points = self.point_prompts(point_coords, point_labels, boxes)
         if mask_input is not None:
@@ -240,6 +246,7 @@ class Sam2(nn.Module):
             multimask_output,
             levels,  # type: ignore[arg-type]
             cache=side,
+            high_res_blocks=blocks,
         )
         return low_res.float(), iou.float(), object_scores.float()
 
