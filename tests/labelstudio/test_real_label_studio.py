@@ -31,7 +31,7 @@ from samkit.labelstudio.backend import create_backend
 from samkit.labelstudio.brush import brush_rle_to_mask
 from samkit.modeling import Sam
 
-from server.support import free_port_socket, start_live_server
+from server.support import free_port_socket, make_tiny_sam2_model, start_live_server
 from .conftest import LABEL_CONFIG, TOKEN
 
 REPO = Path(__file__).resolve().parents[2]
@@ -138,9 +138,12 @@ def _label_studio_decode(studio: LabelStudio, rle: list[int], height: int, width
     return np.array(json.loads(done.stdout)) > 0
 
 
-def test_interactive_click_and_box_give_samkit_masks(label_studio: LabelStudio, tiny_model: Sam, picture: bytes) -> None:
+@pytest.mark.parametrize("family", ["sam", "sam2.1"])
+def test_interactive_click_and_box_give_samkit_masks(family: str, label_studio: LabelStudio, tiny_model: Sam, picture: bytes) -> None:
+    """One Label Studio start, one project per model family (a tiny SAM, a tiny SAM 2.1: ``--model sam2.1_hiera_*``)."""
+    model = tiny_model if family == "sam" else make_tiny_sam2_model(2)
     studio = label_studio
-    project = studio.call("POST", "/api/projects", {"title": "samkit test", "label_config": LABEL_CONFIG})
+    project = studio.call("POST", "/api/projects", {"title": f"samkit test {family}", "label_config": LABEL_CONFIG})
     body, content_type = _multipart("file", "pic.png", picture)
     studio.call("POST", f"/api/projects/{project['id']}/import", raw=body, content_type=content_type)
     tasks = studio.call("GET", f"/api/tasks?project={project['id']}")
@@ -149,12 +152,12 @@ def test_interactive_click_and_box_give_samkit_masks(label_studio: LabelStudio, 
     task = tasks[0]
     assert task["data"]["image"].startswith("/data/upload/")
 
-    backend = start_live_server(create_backend(tiny_model, label_studio_url=studio.url, api_key=TOKEN, cache_images=2))
+    backend = start_live_server(create_backend(model, label_studio_url=studio.url, api_key=TOKEN, cache_images=2))
     try:
         ml = studio.call("POST", "/api/ml", {"url": backend.url, "project": project["id"], "title": "samkit", "is_interactive": True})
         image = load_image(picture)
         height, width = image.shape[:2]
-        predictor = SamPredictor(tiny_model)
+        predictor = SamPredictor(model)
         predictor.set_image(image)
 
         def region(kind: str, value: dict[str, Any], **extra: Any) -> dict[str, Any]:
