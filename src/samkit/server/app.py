@@ -39,6 +39,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..modeling import Sam
+from .errors import PayloadTooLarge, ServiceError
 from .export import ExportFormat
 from .guards import DEFAULT_MAX_CONCURRENT_UPLOADS, DEFAULT_MAX_JSON_BYTES, RequestGuard
 from .limits import BodySizeLimit, HostCheck
@@ -57,9 +58,7 @@ from .service import (
     DEFAULT_LOGITS_CACHE_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
     DEFAULT_MAX_UPLOAD_BYTES,
-    PayloadTooLarge,
     SegmentationService,
-    ServiceError,
 )
 
 __all__ = ["create_app", "STATIC_DIR"]

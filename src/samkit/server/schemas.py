@@ -27,7 +27,7 @@ Finite = Annotated[float, Field(allow_inf_nan=False)]
 
 MAX_EXPORT_OBJECTS = 5000
 MAX_CATEGORIES = 1000
-MAX_PROMPT_POINTS = 256  # as many as a predict takes (service.MAX_POINTS)
+MAX_PROMPT_POINTS = 256  # as many as a predict takes (prompt_checks.MAX_POINTS)
 CategoryName = Annotated[str, Field(min_length=1, max_length=200)]
 
 
