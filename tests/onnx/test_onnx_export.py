@@ -16,7 +16,7 @@ from segment_anything.utils.onnx import SamOnnxModel
 
 from samkit.hardware import cpu_has_int8_dot_product
 from samkit.onnx import DECODER_INPUTS, DECODER_OUTPUTS, export_encoder
-from samkit.onnx.export import _finalize
+from samkit.onnx.graph_files import finalize_graph
 from samkit.transforms import postprocess_masks, preprocess_shape
 
 CPU = ["CPUExecutionProvider"]
@@ -215,7 +215,7 @@ def test_per_tensor_external_files_are_gathered_into_one(tiny256: Exported, tmp_
     onnx.save_model(model, str(source / "encoder.onnx"), save_as_external_data=True, all_tensors_to_one_file=False,
                     size_threshold=0)
     assert len(list(source.iterdir())) > 20
-    final = _finalize(source / "encoder.onnx", tmp_path / "out" / "encoder.onnx", {"samkit.role": "encoder"}, None)
+    final = finalize_graph(source / "encoder.onnx", tmp_path / "out" / "encoder.onnx", {"samkit.role": "encoder"}, None)
     assert sorted(p.name for p in final.parent.iterdir()) == ["encoder.onnx", "encoder.onnx.data"]
     x = np.random.default_rng(1).standard_normal((1, 3, 256, 256)).astype(np.float32)
     (ours,) = session(final).run(None, {"image": x})

@@ -36,7 +36,7 @@ _LAZY = {
     "export_onnx": ("samkit.onnx.export", "export_onnx"),
     "export_encoder": ("samkit.onnx.export", "export_encoder"),
     "export_decoder": ("samkit.onnx.export", "export_decoder"),
-    "quantize_int8": ("samkit.onnx.export", "quantize_int8"),
+    "quantize_int8": ("samkit.onnx.quantize", "quantize_int8"),
     "DECODER_INPUTS": ("samkit.onnx.export", "DECODER_INPUTS"),
     "DECODER_OUTPUTS": ("samkit.onnx.export", "DECODER_OUTPUTS"),
 }
@@ -48,9 +48,9 @@ if TYPE_CHECKING:  # pragma: no cover
         export_decoder,
         export_encoder,
         export_onnx,
-        quantize_int8,
     )
     from .predictor import OnnxPredictor
+    from .quantize import quantize_int8
 
 
 def __getattr__(name: str) -> Any:

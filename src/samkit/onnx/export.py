@@ -29,18 +29,18 @@ Every graph passes ``onnx.checker`` and carries ``samkit.*`` metadata (family, f
 size, input kind, normalization, mask threshold) that :class:`samkit.onnx.OnnxPredictor` reads.
 
 The graphs are traced with the TorchScript exporter (``torch.onnx.export(dynamo=False)``),
-which gives predictable graphs for these static-shape models.
+which gives predictable graphs for these static-shape models. Writing the files (metadata,
+external weights, checker, atomic move) is :mod:`samkit.onnx.graph_files`; the int8 recipe
+is :mod:`samkit.onnx.quantize`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -51,9 +51,11 @@ from ..hardware import cpu_has_int8_dot_product
 from ..modeling import Sam
 from ..modeling.hq_sam import HQSam
 from ..modeling.sam2 import Sam2
+from .graph_files import finalize_graph, require_onnx
 from .hq_modules import HQDecoderForExport, HQEncoderForExport
 from .interfaces import FAMILY_KEY, INTERFACES
 from .modules import DecoderForExport, EncoderForExport, RawEncoderForExport
+from .quantize import QuantizeWeightType, quantize_int8
 from .sam2_modules import Sam2DecoderForExport, Sam2EncoderForExport
 
 __all__ = [
@@ -63,7 +65,6 @@ __all__ = [
     "export_encoder",
     "export_onnx",
     "model_family",
-    "quantize_int8",
 ]
 
 logger = logging.getLogger(__name__)
@@ -71,15 +72,6 @@ logger = logging.getLogger(__name__)
 #: The SAM 1 decoder's inputs and outputs (the official SAM ONNX interface); other families: INTERFACES.
 DECODER_INPUTS: tuple[str, ...] = INTERFACES["sam"].decoder_inputs
 DECODER_OUTPUTS: tuple[str, ...] = INTERFACES["sam"].decoder_outputs
-
-QuantizeWeightType = Literal["quint8", "qint8"]
-
-
-def _require_onnx() -> None:
-    try:
-        import onnx  # noqa: F401
-    except ImportError as exc:  # pragma: no cover - depends on the installation
-        raise ImportError("ONNX export needs the 'onnx' package: pip install 'samkit[onnx]'") from exc
 
 
 def _metadata(sam: Sam | Sam2, role: str, **extra: object) -> dict[str, str]:
@@ -99,92 +91,6 @@ def _metadata(sam: Sam | Sam2, role: str, **extra: object) -> dict[str, str]:
     }
     meta.update(extra)
     return {key: str(value) for key, value in meta.items()}
-
-
-def _uses_external_data(path: Path) -> bool:
-    """Whether the graph at ``path`` keeps tensors in external files."""
-    import onnx
-    from onnx.external_data_helper import uses_external_data
-
-    model = onnx.load(str(path), load_external_data=False)
-    return any(uses_external_data(t) for t in model.graph.initializer)
-
-
-def _remove_model_files(path: Path) -> None:
-    """Delete a previous ``path`` and its ``path.data`` so stale weights never linger."""
-    for candidate in (path, path.with_name(path.name + ".data")):
-        if candidate.exists():
-            candidate.unlink()
-
-
-def _move_weights_to_one_file(model: object, source_dir: Path, data_path: Path, min_bytes: int = 1024) -> None:
-    """Store every initializer of ``min_bytes`` or more in ``data_path``, one tensor at a time.
-
-    Tensors already external (the exporter writes one file per tensor above 2 GB; the
-    quantizer one file with offsets) are copied from ``source_dir`` without loading the
-    whole model, so a vit_h export never holds two copies of its weights in memory.
-    """
-    import onnx
-    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
-
-    assert isinstance(model, onnx.ModelProto)
-    with open(data_path, "wb") as sink:
-        for tensor in model.graph.initializer:
-            if uses_external_data(tensor):
-                info = ExternalDataInfo(tensor)
-                with open(source_dir / info.location, "rb") as source:
-                    source.seek(info.offset or 0)
-                    payload = source.read(info.length) if info.length is not None else source.read()
-            elif tensor.HasField("raw_data") and len(tensor.raw_data) >= min_bytes:
-                payload = tensor.raw_data
-                tensor.ClearField("raw_data")
-            else:
-                continue
-            offset = sink.tell()
-            sink.write(payload)
-            del tensor.external_data[:]
-            tensor.data_location = onnx.TensorProto.EXTERNAL
-            for key, value in (("location", data_path.name), ("offset", offset), ("length", len(payload))):
-                tensor.external_data.add(key=key, value=str(value))
-
-
-def _finalize(tmp_path: Path, path: Path, metadata: dict[str, str], external_data: bool | None) -> Path:
-    """Add metadata, choose inline or external weights, check, and move into place atomically.
-
-    Args:
-        tmp_path: graph written by the exporter or quantizer (its external data, if any, beside it).
-        path: final location.
-        metadata: key/value pairs for ``metadata_props``.
-        external_data: True/False to force, None to use external data only when the source
-            already does (weights over protobuf's 2 GB limit: the vit_h encoder).
-    """
-    import onnx
-    from onnx.external_data_helper import uses_external_data
-
-    model = onnx.load(str(tmp_path), load_external_data=False)
-    del model.metadata_props[:]
-    for key, value in sorted(metadata.items()):
-        model.metadata_props.add(key=key, value=value)
-    source_external = any(uses_external_data(t) for t in model.graph.initializer)
-    if external_data is None:
-        external_data = source_external
-    elif not external_data and source_external:
-        onnx.load_external_data_for_model(model, str(tmp_path.parent))
-    stage_dir = tmp_path.parent / "staged"  # final file names, so the data location is right
-    stage_dir.mkdir()
-    staged, staged_data = stage_dir / path.name, stage_dir / (path.name + ".data")
-    if external_data:
-        _move_weights_to_one_file(model, tmp_path.parent, staged_data)
-    onnx.save_model(model, str(staged))
-    del model
-    onnx.checker.check_model(str(staged), full_check=True)  # the path form handles external data
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_model_files(path)
-    if external_data:
-        os.replace(staged_data, path.with_name(staged_data.name))
-    os.replace(staged, path)
-    logger.info("wrote %s (%.1f MB%s)", path, path.stat().st_size / 1e6, " + external data" if external_data else "")
-    return path
 
 
 def _trace_to_onnx(
@@ -276,7 +182,7 @@ def export_encoder(
             f"raw_input: not available for SAM 2 models ({sam.config.name}): their input is the image "
             "stretched to the square with antialiasing, as float pixels"
         )
-    _require_onnx()
+    require_onnx()
     sam = _float32_cpu(sam)
     path = Path(path)
     s = sam.img_size
@@ -312,7 +218,7 @@ def export_encoder(
             opset=opset,
         )
         meta = _metadata(sam, "encoder", **{"samkit.encoder_input": input_kind})
-        return _finalize(tmp_path, path, meta, external_data)
+        return finalize_graph(tmp_path, path, meta, external_data)
 
 
 def export_decoder(
@@ -348,7 +254,7 @@ def export_decoder(
             f"return_single_mask: SAM 1 decoders only; the {sam.config.name} decoder "
             + ("returns one mask per prompt anyway" if family == "hq" else "returns its single mask in slot 0")
         )
-    _require_onnx()
+    require_onnx()
     sam = _float32_cpu(sam)
     path = Path(path)
     pe = sam.prompt_encoder
@@ -397,151 +303,7 @@ def export_decoder(
             opset=opset,
         )
         meta = _metadata(sam, "decoder", **{"samkit.num_mask_outputs": num_masks})
-        return _finalize(tmp_path, path, meta, external_data=False)
-
-
-def _low_rank_input_nodes(model: object, max_rows: int = 8) -> list[str]:
-    """MatMul / Gemm nodes whose constant weight has at most ``max_rows`` input rows.
-
-    In SAM these are the random-Fourier coordinate projections ((2, C/2) weights) of the
-    prompt encoder: quantizing them saves nothing and the error is amplified by 2*pi inside
-    sin/cos, which visibly moves mask borders.
-
-    A Gemm is listed twice: as itself and as ``NAME_MatMul``, the name of the MatMul that
-    ``quantize_dynamic`` turns it into before it applies ``nodes_to_exclude``.
-    """
-    import onnx
-
-    assert isinstance(model, onnx.ModelProto)
-    shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
-    nodes = []
-    for node in model.graph.node:
-        if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in shapes:
-            dims = shapes[node.input[1]]
-            rows = dims[-1] if node.op_type == "Gemm" and _gemm_trans_b(node) else dims[0]
-            if len(dims) == 2 and rows <= max_rows:
-                nodes.append(node.name)
-                if node.op_type == "Gemm":
-                    nodes.append(node.name + "_MatMul")
-    return nodes
-
-
-def _gemm_trans_b(node: object) -> bool:
-    return any(a.name == "transB" and a.i == 1 for a in node.attribute)  # type: ignore[attr-defined]
-
-
-class _DropQuantizerChatter(logging.Filter):
-    """Drops onnxruntime.quantization's advice and per-tensor notes (logged on the root logger)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.ERROR
-
-
-@contextlib.contextmanager
-def _quiet_quantizer() -> Iterator[None]:
-    """Silence the quantizer's root-logger chatter without configuring logging for the caller.
-
-    ``logging.warning()`` calls ``basicConfig()`` when the root logger has no handler; a
-    temporary NullHandler prevents that side effect.
-    """
-    root = logging.getLogger()
-    quiet = _DropQuantizerChatter()
-    placeholder = logging.NullHandler() if not root.handlers else None
-    if placeholder is not None:
-        root.addHandler(placeholder)
-    root.addFilter(quiet)
-    try:
-        yield
-    finally:
-        root.removeFilter(quiet)
-        if placeholder is not None:
-            root.removeHandler(placeholder)
-
-
-def quantize_int8(
-    src: str | os.PathLike[str],
-    dst: str | os.PathLike[str],
-    *,
-    weight_type: QuantizeWeightType = "quint8",
-) -> Path:
-    """Dynamic int8 quantization (onnxruntime ``quantize_dynamic``) of an exported graph.
-
-    The recipe (what ``samkit export-onnx --quantize int8`` applies to the encoder):
-
-    - every MatMul / Gemm with a constant weight runs as ``MatMulInteger``: weights stored as
-      8-bit, quantized per output channel; activations quantized per tensor at run time
-      (``DynamicQuantizeLinear``). In the encoder these are the qkv, proj, lin1 and lin2
-      MatMuls of every block, ~3/4 of its multiply-adds (vit_b); the products of two
-      activations (attention, most of the rest; relative positions) and the convolutions
-      (patch embedding, neck) stay float32;
-    - ``quint8`` weights: onnxruntime multiplies u8 x u8 exactly on every x86 CPU, whereas
-      u8 x s8 (``qint8``) saturates 16-bit sums on CPUs without AVX-VNNI;
-    - the prompt encoder's coordinate projections stay float32 (see
-      :func:`_low_rank_input_nodes`).
-
-    Measured on a perturbed vit_b (random init + N(0, 0.02) noise, as in the tests), the
-    vit_b ONNX test's image and 4 prompts, all 16 masks (3 multimask + 1 single each), int8
-    against float32 ONNX Runtime, on an AVX2 CPU:
-
-    ===================================  =======  ========  =================
-    graphs                               min IoU  mean IoU  encoder + decoder
-    ===================================  =======  ========  =================
-    float32                              1        1         359 MB + 29 MB
-    int8 encoder, float32 decoder (*)    0.9778   0.9895    105 MB + 29 MB
-    both int8, decoder per tensor        0.9643   0.9812    105 MB + 18 MB
-    both int8, decoder per channel       0.9681   0.9836    105 MB + 18 MB
-    ===================================  =======  ========  =================
-
-    (*) what ``export_onnx(quantize="int8")`` writes; two more images: min 0.9795, 0.9792.
-    These masks are a stress test: the perturbed model's mask logits all lie within 0.5 of
-    the threshold, so small errors move many pixels. A decoder run costs under 1% of an
-    encoder run, and any quantization of it, even 8-bit weights with float32 arithmetic (min
-    0.971 on its own), costs more IoU than the whole int8 encoder, so the export keeps it
-    float32. Other encoder options (min IoU through the float32 decoder): per tensor 0.9776;
-    ``reduce_range`` 0.9701; ``qint8`` 0.9688; ``qint8`` + ``reduce_range`` 0.9636; lin2
-    MatMuls left float32 0.9857 but 190 MB; onnxruntime's 8-bit ``MatMulNBits`` 0.985 but
-    slower than float32 on AVX2.
-
-    Args:
-        src: float32 graph written by :func:`export_encoder` / :func:`export_decoder`
-            (a decoder can be quantized too, with the accuracy cost above).
-        dst: output path.
-        weight_type: "quint8" (unsigned, the default) or "qint8" (signed; for CPUs with
-            AVX-VNNI / AVX512-VNNI or ARM, where u8 x s8 does not saturate).
-
-    Returns:
-        the written path; its ``samkit.quantization`` metadata is
-        ``dynamic_<weight_type>_per_channel``.
-    """
-    import onnx
-
-    try:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-    except ImportError as exc:  # pragma: no cover - depends on the installation
-        raise ImportError("int8 quantization needs onnxruntime: pip install 'samkit[onnx]'") from exc
-    types = {"quint8": QuantType.QUInt8, "qint8": QuantType.QInt8}
-    if weight_type not in types:
-        raise ValueError(f"weight_type: expected one of {sorted(types)}, got {weight_type!r}")
-    src, dst = Path(src), Path(dst)
-    graph = onnx.load(str(src), load_external_data=False)
-    source_meta = {p.key: p.value for p in graph.metadata_props}
-    excluded = _low_rank_input_nodes(graph)
-    del graph
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".samkit-quant-") as tmp:
-        tmp_path = Path(tmp) / dst.name
-        with _quiet_quantizer():
-            quantize_dynamic(
-                str(src),
-                str(tmp_path),
-                op_types_to_quantize=["MatMul", "Gemm"],
-                per_channel=True,
-                weight_type=types[weight_type],
-                nodes_to_exclude=excluded,
-                use_external_data_format=_uses_external_data(src),
-            )
-        source_meta["samkit.quantization"] = f"dynamic_{weight_type}_per_channel"
-        return _finalize(tmp_path, dst, source_meta, external_data=None)
+        return finalize_graph(tmp_path, path, meta, external_data=False)
 
 
 def export_onnx(
