@@ -425,8 +425,37 @@ class SamPredictor:
         Returns:
             masks (B, C, H, W), iou predictions (B, C), low-res logits (B, C, 256, 256); C = 1 for HQ-SAM.
         """
+        low_res, iou = self.decode_low_res(
+            point_coords, point_labels, boxes, mask_input, multimask_output, hq_token_only=hq_token_only
+        )
+        masks = self.upscale_masks(low_res, return_logits=return_logits)
+        limit = self.model.low_res_logit_limit if isinstance(self.model, Sam2) else None
+        if limit is not None:  # SAM 2 returns its low-res logits clamped (the masks use them unclamped)
+            low_res = low_res.clamp(-limit, limit)
+        return masks, iou, low_res
+
+    @torch.inference_mode()
+    def decode_low_res(
+        self,
+        point_coords: Tensor | None,
+        point_labels: Tensor | None,
+        boxes: Tensor | None = None,
+        mask_input: Tensor | None = None,
+        multimask_output: bool = True,
+        *,
+        hq_token_only: bool = False,
+    ) -> tuple[Tensor, Tensor]:
+        """The first half of :meth:`predict_torch`: prompts -> low-res logits and IoU, no upscaling.
+
+        Takes the arguments of :meth:`predict_torch`. Useful to upscale only the masks kept
+        (:meth:`upscale_masks`), e.g. the best of three per prompt.
+
+        Returns:
+            low-res logits (B, C, 256, 256) (unclamped, what the masks are made of) and IoU
+            predictions (B, C).
+        """
         self._require_image()
-        assert self.features is not None and self.original_size is not None and self.input_size is not None
+        assert self.features is not None
         _check_torch_prompts(point_coords, point_labels, boxes, mask_input)
         hq_options: dict[str, bool] = {}
         if isinstance(self.model, HQSam):
@@ -435,7 +464,7 @@ class SamPredictor:
             raise ValueError(f"hq_token_only: only HQ-SAM models (hq_vit_*) have an HQ token, not {self.model.config.name}")
         if point_coords is None and boxes is None and mask_input is None:
             logger.debug("predict without prompts: decoding the 'no prompt' token only")
-        low_res, iou = self.model.decode(
+        return self.model.decode(  # type: ignore[no-any-return]
             self.features,
             point_coords,
             point_labels,
@@ -445,16 +474,16 @@ class SamPredictor:
             cache=self._cache,  # type: ignore[arg-type]
             **hq_options,
         )
+
+    @torch.inference_mode()
+    def upscale_masks(self, low_res: Tensor, return_logits: bool = False) -> Tensor:
+        """The second half of :meth:`predict_torch`: (..., 256, 256) low-res logits of the image
+        set -> (..., H, W) masks at its original size (logits with ``return_logits``)."""
+        self._require_image()
+        assert self.original_size is not None and self.input_size is not None
         if return_logits:
-            masks = self.transform.postprocess_masks(low_res, self.input_size, self.original_size)
-        else:
-            masks = self.transform.postprocess_to_masks(
-                low_res, self.input_size, self.original_size, self.model.mask_threshold
-            )
-        limit = self.model.low_res_logit_limit if isinstance(self.model, Sam2) else None
-        if limit is not None:  # SAM 2 returns its low-res logits clamped (the masks use them unclamped)
-            low_res = low_res.clamp(-limit, limit)
-        return masks, iou, low_res
+            return self.transform.postprocess_masks(low_res, self.input_size, self.original_size)
+        return self.transform.postprocess_to_masks(low_res, self.input_size, self.original_size, self.model.mask_threshold)
 
 
 def _check_torch_prompts(

@@ -394,3 +394,27 @@ def test_set_image_tiny_image(model: Sam) -> None:
     assert p.original_size == (7, 10) and p.input_size == (717, 1024)
     masks, _, _ = p.predict(point_coords=np.array([[4.0, 3.0]]), point_labels=np.array([1]))
     assert masks.shape == (3, 7, 10)
+
+
+# --------------------------------------------------------------------------- the two halves of predict_torch
+
+
+def test_decode_low_res_then_upscale_masks_is_predict_torch(predictor: samkit.SamPredictor) -> None:
+    """predict_torch = decode_low_res + upscale_masks; upscaling a chosen subset gives those masks."""
+    coords = predictor.transform.apply_coords_torch(torch.tensor([[[30.0, 40.0]], [[80.0, 20.0]]]), predictor.original_size)
+    labels = torch.ones(2, 1, dtype=torch.int64)
+    masks, iou, low = predictor.predict_torch(coords, labels, multimask_output=True)
+    logits, _, _ = predictor.predict_torch(coords, labels, multimask_output=True, return_logits=True)
+    low_res, iou_half = predictor.decode_low_res(coords, labels, multimask_output=True)
+    torch.testing.assert_close(iou_half, iou, rtol=0, atol=0)
+    torch.testing.assert_close(low_res, low, rtol=0, atol=0)
+    torch.testing.assert_close(predictor.upscale_masks(low_res, return_logits=True), logits, rtol=0, atol=0)
+    best = iou.argmax(dim=1)  # (B,)
+    kept = predictor.upscale_masks(low_res[torch.arange(2), best])  # (B, H, W)
+    assert kept.dtype == torch.bool and kept.any()
+    torch.testing.assert_close(kept, masks[torch.arange(2), best], rtol=0, atol=0)
+
+
+def test_upscale_masks_needs_an_image(model: Sam) -> None:
+    with pytest.raises(RuntimeError, match="set_image"):
+        samkit.SamPredictor(model).upscale_masks(torch.zeros(1, 1, 256, 256))

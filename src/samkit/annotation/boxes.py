@@ -61,7 +61,8 @@ def masks_for_boxes(
     mapped = predictor.transform.apply_boxes(boxes, predictor.original_size)  # (N, 4) in the model's frame (SAM 2: the stretched square)
     for start in range(0, len(boxes), batch_size):
         batch = torch.from_numpy(np.ascontiguousarray(mapped[start : start + batch_size])).to(predictor.device)  # (B, 4)
-        masks, iou, _ = predictor.predict_torch(None, None, batch, multimask_output=multimask == "best")  # (B, C, H, W), (B, C)
+        low_res, iou = predictor.decode_low_res(None, None, batch, multimask_output=multimask == "best")  # (B, C, h, w), (B, C)
         best = iou.argmax(dim=1)  # (B,)
         rows = torch.arange(len(best), device=best.device)
-        yield BoxMasks(start=start, masks=masks[rows, best].cpu(), predicted_iou=iou[rows, best].float().cpu())
+        masks = predictor.upscale_masks(low_res[rows, best])  # (B, H, W): only the kept mask of each box
+        yield BoxMasks(start=start, masks=masks.cpu(), predicted_iou=iou[rows, best].float().cpu())
