@@ -8,7 +8,6 @@ loading embeddings, and input validation with readable errors.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any
@@ -18,12 +17,13 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from .embedding_file import EMBEDDING_FORMAT, embedding_file_bytes, read_embedding_file
 from .io import to_rgb_uint8
 from .memory import tensor_nbytes
 from .modeling import ImageSideCache, Sam
 from .modeling.hq_sam import HQImageCache, HQSam
 from .modeling.sam2 import Sam2, Sam2ImageCache
-from .prompts import as_boxes, as_labels, as_mask_input, as_points
+from .prompts import as_boxes, as_labels, as_mask_input, as_points, check_torch_prompts
 from .square_transform import ResizeSquare
 from .transforms import ResizeLongestSide
 
@@ -31,8 +31,6 @@ __all__ = ["SamPredictor", "EMBEDDING_FORMAT"]
 
 logger = logging.getLogger(__name__)
 
-#: The "format" field of every file SamPredictor.save_embedding writes (and writers that mirror it).
-EMBEDDING_FORMAT = "samkit-embedding-v1"
 
 
 class SamPredictor:
@@ -158,45 +156,25 @@ class SamPredictor:
 
     def embedding_bytes(self) -> bytes:
         """The content of the file :meth:`save_embedding` writes (for writers in another process)."""
-        from safetensors.torch import save
-
         self._require_image()
-        assert self.features is not None
-        meta = {
-            "format": EMBEDDING_FORMAT,
-            "model": self.model.config.name,
-            "original_size": json.dumps(self.original_size),
-            "input_size": json.dumps(self.input_size),
-        }
-        tensors = {"features": self.features.float().cpu().contiguous()}
+        assert self.features is not None and self.original_size is not None and self.input_size is not None
+        extra: dict[str, Tensor] = {}
         if isinstance(self._cache, HQImageCache):
-            tensors["hq_features"] = self._cache.hq_features.float().cpu().contiguous()
+            extra["hq_features"] = self._cache.hq_features
         if isinstance(self._cache, Sam2ImageCache):  # SAM 2: the decoder's high-resolution levels
-            for i, level in enumerate(self._cache.high_res_features):
-                tensors[f"high_res_features.{i}"] = level.float().cpu().contiguous()
-        return save(tensors, metadata=meta)
+            extra.update({f"high_res_features.{i}": level for i, level in enumerate(self._cache.high_res_features)})
+        return embedding_file_bytes(self.model.config.name, self.original_size, self.input_size, self.features, extra)
 
     def load_embedding(self, path: str | os.PathLike[str]) -> None:
         """Load an embedding written by :meth:`save_embedding`; then predict as after ``set_image``."""
-        from safetensors import safe_open
-
-        try:
-            with safe_open(os.fspath(path), framework="pt") as handle:
-                meta = handle.metadata() or {}
-                features = handle.get_tensor("features")
-                hq_features = handle.get_tensor("hq_features") if "hq_features" in handle.keys() else None
-                high_res = [handle.get_tensor(k) for k in sorted(handle.keys()) if k.startswith("high_res_features.")]
-        except FileNotFoundError:
-            raise FileNotFoundError(f"embedding file not found: {path}") from None
-        except Exception as exc:
-            raise ValueError(f"cannot read embedding {path}: {exc}") from exc
-        if meta.get("format") != EMBEDDING_FORMAT:
-            raise ValueError(f"{path}: not a samkit embedding file")
-        if meta.get("model") != self.model.config.name:
+        stored = read_embedding_file(path)
+        if stored.model != self.model.config.name:
             raise ValueError(
-                f"{path}: embedding was computed by model {meta.get('model')!r}, this predictor uses "
+                f"{path}: embedding was computed by model {stored.model!r}, this predictor uses "
                 f"{self.model.config.name!r}"
             )
+        features, hq_features = stored.features, stored.extra.get("hq_features")
+        high_res = [stored.extra[k] for k in sorted(stored.extra) if k.startswith("high_res_features.")]
         expected = (1, self.model.prompt_encoder.embed_dim, *self.model.prompt_encoder.image_embedding_size)
         if tuple(features.shape) != expected:
             raise ValueError(f"{path}: embedding has shape {tuple(features.shape)}, expected {expected}")
@@ -205,8 +183,7 @@ class SamPredictor:
             found = "none" if hq_features is None else str(tuple(hq_features.shape))
             raise ValueError(f"{path}: HQ features have shape {found}, expected {hq_expected}")
         self.reset_image()
-        self.original_size = tuple(json.loads(meta["original_size"]))  # type: ignore[assignment]
-        self.input_size = tuple(json.loads(meta["input_size"]))  # type: ignore[assignment]
+        self.original_size, self.input_size = stored.original_size, stored.input_size
         with torch.inference_mode():
             self.features = features.to(device=self.device, dtype=self.model.dtype)
             if isinstance(self.model, Sam2):
@@ -456,7 +433,7 @@ class SamPredictor:
         """
         self._require_image()
         assert self.features is not None
-        _check_torch_prompts(point_coords, point_labels, boxes, mask_input)
+        check_torch_prompts(point_coords, point_labels, boxes, mask_input)
         hq_options: dict[str, bool] = {}
         if isinstance(self.model, HQSam):
             hq_options["hq_token_only"] = bool(hq_token_only)
@@ -484,46 +461,3 @@ class SamPredictor:
         if return_logits:
             return self.transform.postprocess_masks(low_res, self.input_size, self.original_size)
         return self.transform.postprocess_to_masks(low_res, self.input_size, self.original_size, self.model.mask_threshold)
-
-
-def _check_torch_prompts(
-    point_coords: Tensor | None, point_labels: Tensor | None, boxes: Tensor | None, mask_input: Tensor | None
-) -> None:
-    """Shape checks for :meth:`SamPredictor.predict_torch`, naming the argument at fault."""
-    batch: dict[str, int] = {}
-
-    def tensor(name: str, value: Any) -> Tensor:
-        if not isinstance(value, Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            raise ValueError(f"{name}: contains NaN or infinite values")
-        return value
-
-    if point_coords is not None:
-        coords = tensor("point_coords", point_coords)
-        if coords.ndim != 3 or coords.shape[-1] != 2:
-            raise ValueError(f"point_coords: expected shape (B, N, 2), got {tuple(coords.shape)}")
-        if point_labels is None:
-            raise ValueError("point_labels: required when point_coords is given")
-        labels = tensor("point_labels", point_labels)
-        if labels.shape != coords.shape[:2]:
-            raise ValueError(
-                f"point_labels: expected shape {tuple(coords.shape[:2])} to match point_coords, got {tuple(labels.shape)}"
-            )
-        if ((labels < -1) | (labels > 3)).any():
-            raise ValueError("point_labels: labels must be 1 (foreground), 0 (background) or -1 (padding)")
-        batch["point_coords"] = coords.shape[0]
-    if boxes is not None:
-        b = tensor("boxes", boxes)
-        if b.ndim != 2 or b.shape[-1] != 4:
-            raise ValueError(f"boxes: expected shape (B, 4), got {tuple(b.shape)}")
-        if ((b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1])).any():
-            raise ValueError("boxes: every box must have x0 <= x1 and y0 <= y1")
-        batch["boxes"] = b.shape[0]
-    if mask_input is not None:
-        m = tensor("mask_input", mask_input)
-        if m.ndim != 4 or m.shape[1] != 1:
-            raise ValueError(f"mask_input: expected shape (B, 1, 256, 256), got {tuple(m.shape)}")
-        batch["mask_input"] = m.shape[0]
-    if len(set(batch.values())) > 1:
-        raise ValueError(f"prompt batch sizes differ: {batch}")

@@ -5,11 +5,14 @@ Every error names the argument and says what was expected.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-__all__ = ["as_points", "as_labels", "as_boxes", "as_mask_input"]
+if TYPE_CHECKING:
+    from torch import Tensor
+
+__all__ = ["as_points", "as_labels", "as_boxes", "as_mask_input", "check_torch_prompts"]
 
 
 def _as_array(name: str, value: Any) -> np.ndarray:
@@ -85,3 +88,48 @@ def as_mask_input(mask_input: Any, size: tuple[int, int]) -> np.ndarray:
         )
     _check_finite("mask_input", array)
     return array.astype(np.float32)
+
+
+def check_torch_prompts(
+    point_coords: Tensor | None, point_labels: Tensor | None, boxes: Tensor | None, mask_input: Tensor | None
+) -> None:
+    """Shape checks for :meth:`SamPredictor.predict_torch`, naming the argument at fault."""
+    import torch
+    from torch import Tensor
+    batch: dict[str, int] = {}
+
+    def tensor(name: str, value: Any) -> Tensor:
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise ValueError(f"{name}: contains NaN or infinite values")
+        return value
+
+    if point_coords is not None:
+        coords = tensor("point_coords", point_coords)
+        if coords.ndim != 3 or coords.shape[-1] != 2:
+            raise ValueError(f"point_coords: expected shape (B, N, 2), got {tuple(coords.shape)}")
+        if point_labels is None:
+            raise ValueError("point_labels: required when point_coords is given")
+        labels = tensor("point_labels", point_labels)
+        if labels.shape != coords.shape[:2]:
+            raise ValueError(
+                f"point_labels: expected shape {tuple(coords.shape[:2])} to match point_coords, got {tuple(labels.shape)}"
+            )
+        if ((labels < -1) | (labels > 3)).any():
+            raise ValueError("point_labels: labels must be 1 (foreground), 0 (background) or -1 (padding)")
+        batch["point_coords"] = coords.shape[0]
+    if boxes is not None:
+        b = tensor("boxes", boxes)
+        if b.ndim != 2 or b.shape[-1] != 4:
+            raise ValueError(f"boxes: expected shape (B, 4), got {tuple(b.shape)}")
+        if ((b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1])).any():
+            raise ValueError("boxes: every box must have x0 <= x1 and y0 <= y1")
+        batch["boxes"] = b.shape[0]
+    if mask_input is not None:
+        m = tensor("mask_input", mask_input)
+        if m.ndim != 4 or m.shape[1] != 1:
+            raise ValueError(f"mask_input: expected shape (B, 1, 256, 256), got {tuple(m.shape)}")
+        batch["mask_input"] = m.shape[0]
+    if len(set(batch.values())) > 1:
+        raise ValueError(f"prompt batch sizes differ: {batch}")
