@@ -39,7 +39,6 @@ from .hq_decode import HQPointDecoder
 from .sam2_decode import Sam2PointDecoder
 from .filters import (
     box_area,
-    box_xyxy_to_xywh,
     is_box_near_crop_edge,
     masks_to_boxes,
     nms,
@@ -49,10 +48,10 @@ from .filters import (
 )
 from .grid import build_all_layer_point_grids, generate_crop_boxes
 from .optional import require_cv2
-from .polygons import mask_to_polygons
-from .records import MaskSet
+from .options import check_grids, check_int, check_real
+from .records import MaskSet, mask_records
 from .regions import remove_small_regions
-from .rle import counts_to_string, encode_fortran, rle_to_mask
+from .rle import encode_fortran, rle_to_mask
 
 __all__ = ["SamAutomaticMaskGenerator", "OUTPUT_MODES", "SAM_PRED_IOU_THRESH", "SAM2_PRED_IOU_THRESH"]
 
@@ -75,42 +74,6 @@ def _count_above(logits: Tensor, thresholds: tuple[float, float]) -> tuple[Tenso
     high = (logits > thresholds[0]).flatten(1).sum(-1, dtype=torch.int32).cpu()  # (N, H*W) -> (N,)
     low = (logits > thresholds[1]).flatten(1).sum(-1, dtype=torch.int32).cpu()  # (N, H*W) -> (N,)
     return high, low
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise ValueError(f"{name}: expected an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name}: must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_real(name: str, value: Any, low: float, high: float, *, high_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
-        raise ValueError(f"{name}: expected a finite number, got {value!r}")
-    value = float(value)
-    if value < low or value > high or (high_open and value == high):
-        bracket = ")" if high_open else "]"
-        raise ValueError(f"{name}: must lie in [{low:g}, {high:g}{bracket}, got {value:g}")
-    return value
-
-
-def _check_grids(point_grids: Any, n_layers: int) -> list[np.ndarray]:
-    if not isinstance(point_grids, (list, tuple)) or len(point_grids) == 0:
-        raise ValueError("point_grids: expected a non-empty list of (N, 2) arrays")
-    grids = []
-    for i, grid in enumerate(point_grids):
-        array = np.asarray(grid, dtype=np.float64)
-        if array.ndim != 2 or array.shape[1] != 2 or array.shape[0] == 0:
-            raise ValueError(f"point_grids[{i}]: expected a non-empty (N, 2) array, got shape {array.shape}")
-        if not np.isfinite(array).all() or array.min() < 0.0 or array.max() > 1.0:
-            raise ValueError(f"point_grids[{i}]: points must be normalized to [0, 1]")
-        grids.append(array)
-    if len(grids) < n_layers + 1:
-        raise ValueError(
-            f"point_grids: crop_n_layers={n_layers} needs {n_layers + 1} grids (one per layer), got {len(grids)}"
-        )
-    return grids
 
 
 class SamAutomaticMaskGenerator:
@@ -179,33 +142,33 @@ class SamAutomaticMaskGenerator:
     ) -> None:
         if not isinstance(model, (Sam, Sam2)):
             raise TypeError(f"model: expected a samkit Sam model, got {type(model).__name__}")
-        self.crop_n_layers = _check_int("crop_n_layers", crop_n_layers, 0)
+        self.crop_n_layers = check_int("crop_n_layers", crop_n_layers, 0)
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("points_per_side, point_grids: give exactly one of them")
-        self.crop_n_points_downscale_factor = _check_int(
+        self.crop_n_points_downscale_factor = check_int(
             "crop_n_points_downscale_factor", crop_n_points_downscale_factor, 1
         )
         if points_per_side is not None:
-            points_per_side = _check_int("points_per_side", points_per_side, 1)
+            points_per_side = check_int("points_per_side", points_per_side, 1)
             self.point_grids = build_all_layer_point_grids(
                 points_per_side, self.crop_n_layers, self.crop_n_points_downscale_factor
             )
         else:
-            self.point_grids = _check_grids(point_grids, self.crop_n_layers)
-        self.points_per_batch = _check_int("points_per_batch", points_per_batch, 1)
+            self.point_grids = check_grids(point_grids, self.crop_n_layers)
+        self.points_per_batch = check_int("points_per_batch", points_per_batch, 1)
         # Any finite value, as the official generator takes them: <= 0 turns the filter off;
         # above 1 is legal too (predicted IoUs can exceed 1; no stability score does).
         if pred_iou_thresh is None:
             pred_iou_thresh = SAM2_PRED_IOU_THRESH if isinstance(model, Sam2) else SAM_PRED_IOU_THRESH
-        self.pred_iou_thresh = _check_real("pred_iou_thresh", pred_iou_thresh, -math.inf, math.inf)
-        self.stability_score_thresh = _check_real("stability_score_thresh", stability_score_thresh, -math.inf, math.inf)
-        self.stability_score_offset = _check_real("stability_score_offset", stability_score_offset, 0.0, math.inf)
-        self.box_nms_thresh = _check_real("box_nms_thresh", box_nms_thresh, 0.0, 1.0)
-        self.crop_nms_thresh = _check_real("crop_nms_thresh", crop_nms_thresh, 0.0, 1.0)
-        self.crop_overlap_ratio = _check_real("crop_overlap_ratio", crop_overlap_ratio, 0.0, 1.0, high_open=True)
+        self.pred_iou_thresh = check_real("pred_iou_thresh", pred_iou_thresh, -math.inf, math.inf)
+        self.stability_score_thresh = check_real("stability_score_thresh", stability_score_thresh, -math.inf, math.inf)
+        self.stability_score_offset = check_real("stability_score_offset", stability_score_offset, 0.0, math.inf)
+        self.box_nms_thresh = check_real("box_nms_thresh", box_nms_thresh, 0.0, 1.0)
+        self.crop_nms_thresh = check_real("crop_nms_thresh", crop_nms_thresh, 0.0, 1.0)
+        self.crop_overlap_ratio = check_real("crop_overlap_ratio", crop_overlap_ratio, 0.0, 1.0, high_open=True)
         if isinstance(min_mask_region_area, bool) or not isinstance(min_mask_region_area, Real):
             raise ValueError(f"min_mask_region_area: expected a number, got {min_mask_region_area!r}")
-        self.min_mask_region_area = _check_real("min_mask_region_area", min_mask_region_area, 0.0, math.inf)
+        self.min_mask_region_area = check_real("min_mask_region_area", min_mask_region_area, 0.0, math.inf)
         if isinstance(min_mask_region_area, Integral):
             self.min_mask_region_area = int(min_mask_region_area)
         if output_mode not in OUTPUT_MODES:
@@ -217,7 +180,7 @@ class SamAutomaticMaskGenerator:
             require_cv2("output_mode='polygons'")
         self.progress = bool(progress)
         self.mask_threshold = (
-            model.mask_threshold if mask_threshold is None else _check_real("mask_threshold", mask_threshold, -math.inf, math.inf)
+            model.mask_threshold if mask_threshold is None else check_real("mask_threshold", mask_threshold, -math.inf, math.inf)
         )
         if not multimask_output and not isinstance(model, Sam2):
             raise ValueError("multimask_output: False is supported for SAM 2 models only")
@@ -272,7 +235,7 @@ class SamAutomaticMaskGenerator:
             )
         self.last_stats["kept"] = len(data)
         logger.debug("segment everything: %s", self.last_stats)
-        return self._records(data, rgb.shape[:2])
+        return mask_records(data, rgb.shape[:2], self.output_mode)
 
     # --------------------------------------------------------------- pipeline
     def _generate_masks(self, image: np.ndarray, progress: bool) -> MaskSet:
@@ -463,34 +426,3 @@ class SamAutomaticMaskGenerator:
             crop_boxes=data.crop_boxes,
         )
         return data.select(keep)
-
-    def _records(self, data: MaskSet, orig_size: tuple[int, int]) -> list[dict[str, Any]]:
-        size = [int(orig_size[0]), int(orig_size[1])]
-        records = []
-        boxes = data.boxes.tolist()
-        crop_boxes = data.crop_boxes.tolist()
-        iou_preds = data.iou_preds.tolist()
-        stability = data.stability.tolist()
-        for i, counts in enumerate(data.rles):
-            rle = {"size": size, "counts": counts}
-            if self.output_mode == "binary_mask":
-                segmentation: Any = rle_to_mask(rle)
-            elif self.output_mode == "uncompressed_rle":
-                segmentation = {"size": list(size), "counts": counts.tolist()}
-            elif self.output_mode == "coco_rle":
-                segmentation = {"size": list(size), "counts": counts_to_string(counts)}
-            else:
-                segmentation = mask_to_polygons(rle_to_mask(rle))
-            records.append(
-                {
-                    "segmentation": segmentation,
-                    "area": int(counts[1::2].sum()),
-                    "bbox": box_xyxy_to_xywh(boxes[i]),
-                    "predicted_iou": iou_preds[i],
-                    "point_coords": [data.points[i].tolist()],
-                    "stability_score": stability[i],
-                    "crop_box": box_xyxy_to_xywh(crop_boxes[i]),
-                }
-            )
-        return records
-

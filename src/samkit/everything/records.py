@@ -1,14 +1,20 @@
-"""``MaskSet``: the masks found so far, with their scores, boxes and prompts, column-wise."""
+"""``MaskSet``: the masks found so far, with their scores, boxes and prompts, column-wise; and
+the generator's output records made from it (:func:`mask_records`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["MaskSet"]
+from .filters import box_xyxy_to_xywh
+from .polygons import mask_to_polygons
+from .rle import counts_to_string, rle_to_mask
+
+__all__ = ["MaskSet", "mask_records"]
 
 
 @dataclass
@@ -60,3 +66,35 @@ class MaskSet:
             points=np.concatenate([p.points for p in parts]),
             crop_boxes=torch.cat([p.crop_boxes for p in parts]),
         )
+
+
+def mask_records(data: MaskSet, orig_size: tuple[int, int], output_mode: str) -> list[dict[str, Any]]:
+    """The generator's output: one record per mask (segmentation in ``output_mode``, area, bbox, scores...)."""
+    size = [int(orig_size[0]), int(orig_size[1])]
+    records = []
+    boxes = data.boxes.tolist()
+    crop_boxes = data.crop_boxes.tolist()
+    iou_preds = data.iou_preds.tolist()
+    stability = data.stability.tolist()
+    for i, counts in enumerate(data.rles):
+        rle = {"size": size, "counts": counts}
+        if output_mode == "binary_mask":
+            segmentation: Any = rle_to_mask(rle)
+        elif output_mode == "uncompressed_rle":
+            segmentation = {"size": list(size), "counts": counts.tolist()}
+        elif output_mode == "coco_rle":
+            segmentation = {"size": list(size), "counts": counts_to_string(counts)}
+        else:
+            segmentation = mask_to_polygons(rle_to_mask(rle))
+        records.append(
+            {
+                "segmentation": segmentation,
+                "area": int(counts[1::2].sum()),
+                "bbox": box_xyxy_to_xywh(boxes[i]),
+                "predicted_iou": iou_preds[i],
+                "point_coords": [data.points[i].tolist()],
+                "stability_score": stability[i],
+                "crop_box": box_xyxy_to_xywh(crop_boxes[i]),
+            }
+        )
+    return records
