@@ -23,6 +23,12 @@ objects has been applied, as in the official predictor.
 
 What is kept, and what that costs, is described in ``state.py`` (frames are decoded on demand;
 non-conditioning outputs are kept only within the window the tracker can read).
+
+This module holds the session and its bookkeeping: which object and frame a prompt goes to,
+when prompts are committed to memory, the order of a propagation, the retention rule applied.
+The rest is in its own modules: ``prompt_inputs.py`` (clicks, boxes and masks -> model
+inputs), ``frame_step.py`` (one object on one frame through the model, and what is stored of
+it), ``outputs.py`` (the masks returned, at the video resolution).
 """
 
 from __future__ import annotations
@@ -31,13 +37,13 @@ import logging
 from collections.abc import Hashable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
+from .frame_step import encode_prompted_memory, image_features, run_frame
 from .frames import FrameSource, open_frames
-from .masks import fill_holes, to_video_resolution
-from .state import FeatureCache, FrameOutput, MemoryView, ObjectTrack, VideoState, memory_reach
+from .outputs import NO_OBJ_SCORE, consolidated_video_masks, video_masks
+from .prompt_inputs import mask_input, points_input
+from .state import FrameOutput, ObjectTrack, VideoState, memory_reach
 
 if TYPE_CHECKING:  # pragma: no cover
     import os
@@ -48,8 +54,6 @@ __all__ = ["NO_OBJ_SCORE", "SamVideoPredictor", "FrameMasks"]
 
 logger = logging.getLogger(__name__)
 
-# Logit of every pixel of an object that has no result on a frame (the official placeholder).
-NO_OBJ_SCORE = -1024.0
 # Prior logits fed back with correction clicks are clamped to this magnitude (as the official).
 PRIOR_LOGIT_CLAMP = 32.0
 
@@ -116,7 +120,7 @@ class SamVideoPredictor:
             storage_device=cpu if offload_state_to_cpu else device,
             frames_device=cpu if offload_video_to_cpu else device,
         )
-        self._image_features(state, 0)  # warm-up: frame 0 is where most sessions start
+        image_features(self.model, state, 0)  # warm-up: frame 0 is where most sessions start
         return state
 
     @torch.inference_mode()
@@ -163,7 +167,15 @@ class SamVideoPredictor:
             raise ValueError("give points and labels, a box, or both")
         if box is not None and not clear_old_points:
             raise ValueError("a box replaces the frame's clicks: use clear_old_points=True (box first, then clicks)")
-        coords, point_labels = self._prompt_points(state, points, labels, box, normalize_coords)
+        coords, point_labels = points_input(
+            points,
+            labels,
+            box,
+            normalize_coords=normalize_coords,
+            video_size=(state.video_height, state.video_width),
+            image_size=self.image_size,
+            device=state.device,
+        )
         obj_idx, obj = self._object(state, obj_id)
         old = obj.point_inputs.get(frame_idx) if not clear_old_points else None
         if old is not None:
@@ -189,18 +201,11 @@ class SamVideoPredictor:
             (frame_idx, obj_ids, (N_obj, 1, H, W) mask logits of every object on this frame).
         """
         frame_idx = state.check_frame(frame_idx)
-        mask_tensor = mask if isinstance(mask, torch.Tensor) else torch.as_tensor(np.asarray(mask))
-        if mask_tensor.dim() != 2 or mask_tensor.numel() == 0:
-            raise ValueError(f"mask: expected a non-empty (H, W) array, got shape {tuple(mask_tensor.shape)}")
-        size = self.image_size
-        mask_input = mask_tensor.bool()[None, None].float().to(state.device)  # (1, 1, H, W)
-        if tuple(mask_input.shape[-2:]) != (size, size):
-            mask_input = F.interpolate(mask_input, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-            mask_input = (mask_input >= 0.5).float()  # (1, 1, S, S)
+        prompt = mask_input(mask, self.image_size, state.device)  # (1, 1, S, S)
         _, obj = self._object(state, obj_id)
-        obj.mask_inputs[frame_idx] = mask_input
+        obj.mask_inputs[frame_idx] = prompt
         obj.point_inputs.pop(frame_idx, None)
-        return self._prompt_frame(state, obj, frame_idx, mask_inputs=mask_input)
+        return self._prompt_frame(state, obj, frame_idx, mask_inputs=prompt)
 
     @torch.inference_mode()
     def clear_all_prompts_in_frame(
@@ -228,7 +233,7 @@ class SamVideoPredictor:
         if not need_output:
             return None
         is_cond = any(frame_idx in o.temp_cond for o in state.objects)
-        masks = self._consolidated_video_masks(state, frame_idx, is_cond)
+        masks = consolidated_video_masks(state, frame_idx, is_cond, self.model.non_overlap_masks)
         return frame_idx, state.obj_ids, masks
 
     @torch.inference_mode()
@@ -262,7 +267,8 @@ class SamVideoPredictor:
         if need_output:
             for frame_idx in prompted:
                 is_cond = any(frame_idx in o.temp_cond for o in state.objects)
-                updated.append((frame_idx, self._consolidated_video_masks(state, frame_idx, is_cond)))
+                masks = consolidated_video_masks(state, frame_idx, is_cond, self.model.non_overlap_masks)
+                updated.append((frame_idx, masks))
         return state.obj_ids, updated
 
     # ------------------------------------------------------------------ tracking
@@ -313,8 +319,14 @@ class SamVideoPredictor:
                     if self.model.clear_non_cond_mem_around_input:
                         self._clear_memory_around(obj, frame_idx)
                 else:
-                    out, pred_masks = self._run_frame(
-                        state, obj, frame_idx, is_init_cond_frame=False, reverse=reverse, run_mem_encoder=True
+                    out, pred_masks = run_frame(
+                        self.model,
+                        state,
+                        obj,
+                        frame_idx,
+                        is_init_cond_frame=False,
+                        reverse=reverse,
+                        run_mem_encoder=True,
                     )
                     obj.non_cond[frame_idx] = out
                 obj.tracked[frame_idx] = reverse
@@ -322,7 +334,7 @@ class SamVideoPredictor:
             state.frontier = frame_idx
             self._prune(state)
             masks = per_object[0] if len(per_object) == 1 else torch.cat(per_object, dim=0)  # (N_obj, 1, h, w)
-            yield frame_idx, obj_ids, self._video_masks(state, masks)
+            yield frame_idx, obj_ids, video_masks(state, masks, self.model.non_overlap_masks)
 
     def frame_output(self, state: VideoState, frame_idx: int, obj_id: Hashable) -> FrameOutput | None:
         """One object's stored result on a frame (low-res logits, object score, pointer), if kept."""
@@ -339,39 +351,6 @@ class SamVideoPredictor:
             state.objects.append(ObjectTrack(obj_id=obj_id))
             obj_idx = len(state.objects) - 1
         return obj_idx, state.objects[obj_idx]
-
-    def _prompt_points(
-        self, state: VideoState, points: Any, labels: Any, box: Any, normalize_coords: bool
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clicks and box corners in model-input pixels.
-
-        Returns:
-            ((1, N, 2) float32 coordinates, (1, N) int32 labels); a box comes first as two
-            points labelled 2 and 3 (how SAM 2 was trained).
-        """
-        coords = torch.zeros(1, 0, 2, dtype=torch.float32)
-        point_labels = torch.zeros(1, 0, dtype=torch.int32)
-        if points is not None:
-            coords = torch.as_tensor(np.asarray(points, dtype=np.float32)) if not isinstance(points, torch.Tensor) else points.float()
-            point_labels = torch.as_tensor(np.asarray(labels, dtype=np.int32)) if not isinstance(labels, torch.Tensor) else labels.int()
-            coords = coords.cpu().reshape(1, -1, 2)  # (1, N, 2)
-            point_labels = point_labels.cpu().reshape(1, -1)  # (1, N)
-            if coords.shape[1] != point_labels.shape[1]:
-                raise ValueError(f"points and labels: {coords.shape[1]} points but {point_labels.shape[1]} labels")
-            if not set(point_labels.flatten().tolist()) <= {0, 1, 2, 3, -1}:
-                raise ValueError("labels: expected 1 (foreground) or 0 (background)")
-        if box is not None:
-            box_t = box.float().cpu() if isinstance(box, torch.Tensor) else torch.as_tensor(np.asarray(box, dtype=np.float32))
-            if box_t.numel() != 4:
-                raise ValueError(f"box: expected (x0, y0, x1, y1), got {box_t.numel()} numbers")
-            coords = torch.cat([box_t.reshape(1, 2, 2), coords], dim=1)  # (1, 2 + N, 2)
-            point_labels = torch.cat([torch.tensor([[2, 3]], dtype=torch.int32), point_labels], dim=1)  # (1, 2 + N)
-        if not torch.isfinite(coords).all():
-            raise ValueError("points/box: contain NaN or infinite values")
-        if normalize_coords:
-            coords = coords / torch.tensor([state.video_width, state.video_height])
-        coords = coords * self.image_size
-        return coords.to(state.device), point_labels.to(state.device)
 
     def _prompt_frame(
         self,
@@ -393,7 +372,8 @@ class SamVideoPredictor:
                 prior = torch.clamp(previous.pred_masks.to(state.device), -PRIOR_LOGIT_CLAMP, PRIOR_LOGIT_CLAMP)
         if not is_init_cond_frame:
             self._warn_if_dropped(obj, frame_idx, reverse, "a correction on")
-        out, _ = self._run_frame(
+        out, _ = run_frame(
+            self.model,
             state,
             obj,
             frame_idx,
@@ -405,100 +385,8 @@ class SamVideoPredictor:
             prev_sam_mask_logits=prior,
         )
         temp[frame_idx] = out
-        return frame_idx, state.obj_ids, self._consolidated_video_masks(state, frame_idx, is_cond)
-
-    def _image_features(
-        self, state: VideoState, frame_idx: int
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[int, int]]]:
-        """A frame's features for one object, from the one-frame cache when it is there.
-
-        Returns:
-            (features [(H_i W_i, 1, C_i)], position encodings [(H_i W_i, 1, C)], sizes [(H_i, W_i)]).
-        """
-        cache = state.features
-        if cache.frame_idx != frame_idx or cache.backbone_out is None:
-            image = state.frames.model_input(frame_idx, self.image_size, state.frames_device)  # (3, S, S)
-            backbone_out = self.model.forward_image(image.to(state.device).float().unsqueeze(0))
-            state.features = cache = FeatureCache(frame_idx, backbone_out)
-        _, feats, pos, sizes = self.model.prepare_backbone_features(cache.backbone_out)
-        return feats, pos, sizes
-
-    def _run_frame(
-        self,
-        state: VideoState,
-        obj: ObjectTrack,
-        frame_idx: int,
-        *,
-        is_init_cond_frame: bool,
-        reverse: bool,
-        run_mem_encoder: bool,
-        point_inputs: dict[str, torch.Tensor] | None = None,
-        mask_inputs: torch.Tensor | None = None,
-        prev_sam_mask_logits: torch.Tensor | None = None,
-    ) -> tuple[FrameOutput, torch.Tensor]:
-        """One object on one frame through the model.
-
-        Returns:
-            (the compact output to store, (1, 1, S/4, S/4) mask logits on the model's device).
-        """
-        feats, pos, sizes = self._image_features(state, frame_idx)
-        memory_bank = {
-            "cond_frame_outputs": MemoryView(obj.cond, state.maskmem_pos_enc),
-            "non_cond_frame_outputs": MemoryView(obj.non_cond, state.maskmem_pos_enc),
-        }
-        out = self.model.track_step(
-            frame_idx=frame_idx,
-            is_init_cond_frame=is_init_cond_frame,
-            current_vision_feats=feats,
-            current_vision_pos_embeds=pos,
-            feat_sizes=sizes,
-            point_inputs=point_inputs,
-            mask_inputs=mask_inputs,
-            output_dict=memory_bank,
-            num_frames=state.num_frames,
-            track_in_reverse=reverse,
-            run_mem_encoder=run_mem_encoder,
-            prev_sam_mask_logits=prev_sam_mask_logits,
-        )
-        features = out["maskmem_features"]
-        if features is not None:
-            features = self._store_memory(state, features, out["maskmem_pos_enc"])
-        pred_masks = out["pred_masks"].float()  # (1, 1, S/4, S/4)
-        if self.model.fill_hole_area > 0:
-            pred_masks = fill_holes(pred_masks, self.model.fill_hole_area)
-        compact = FrameOutput(
-            pred_masks=pred_masks.to(state.storage_device),
-            obj_ptr=out["obj_ptr"],
-            object_score_logits=out["object_score_logits"],
-            maskmem_features=features,
-        )
-        return compact, pred_masks
-
-    def _store_memory(self, state: VideoState, features: torch.Tensor, pos_enc: list[torch.Tensor]) -> torch.Tensor:
-        """Memory features as stored (bfloat16, as the official); keep one copy of the encoding.
-
-        Returns:
-            (1, mem_dim, h, w) bfloat16 on the storage device.
-        """
-        if state.maskmem_pos_enc is None:
-            state.maskmem_pos_enc = [p[0:1].clone() for p in pos_enc]  # the same for every frame and object
-        return features.to(torch.bfloat16).to(state.storage_device)
-
-    def _encode_prompted_memory(self, state: VideoState, frame_idx: int, out: FrameOutput) -> None:
-        """Encode the memory of a prompted frame from its (hole-filled) mask, in place."""
-        size = self.image_size
-        high_res = F.interpolate(
-            out.pred_masks.to(state.device), size=(size, size), mode="bilinear", align_corners=False
-        )  # (1, 1, S, S)
-        feats, _, sizes = self._image_features(state, frame_idx)
-        features, pos_enc = self.model.encode_new_memory(
-            current_vision_feats=feats,
-            feat_sizes=sizes,
-            pred_masks_high_res=high_res,
-            object_score_logits=out.object_score_logits,
-            is_mask_from_pts=True,  # the user interacted with this frame
-        )
-        out.maskmem_features = self._store_memory(state, features, pos_enc)
+        masks = consolidated_video_masks(state, frame_idx, is_cond, self.model.non_overlap_masks)
+        return frame_idx, state.obj_ids, masks
 
     def _commit_prompts(self, state: VideoState) -> None:
         """Before propagation: encode new prompts into memory and move them into the stored outputs."""
@@ -509,7 +397,7 @@ class SamVideoPredictor:
                 temp, table = (obj.temp_cond, obj.cond) if is_cond else (obj.temp_non_cond, obj.non_cond)
                 for frame_idx, out in temp.items():
                     if out.maskmem_features is None:
-                        self._encode_prompted_memory(state, frame_idx, out)
+                        encode_prompted_memory(self.model, state, frame_idx, out)
                     table[frame_idx] = out
                     if self.model.clear_non_cond_mem_around_input:
                         self._clear_memory_around(obj, frame_idx)
@@ -545,33 +433,3 @@ class SamVideoPredictor:
             return
         for obj in state.objects:
             obj.prune(self.reach, state.frontier)
-
-    def _consolidated_video_masks(self, state: VideoState, frame_idx: int, is_cond: bool) -> torch.Tensor:
-        """Every object's newest mask on a frame at the video resolution.
-
-        For each object: its pending prompt result of the same kind (conditioning or not), else
-        its stored result; objects without one get NO_OBJ_SCORE.
-
-        Returns:
-            (N_obj, 1, H, W) float32 logits.
-        """
-        height, width = state.video_height, state.video_width
-        masks = torch.full(
-            (len(state.objects), 1, height, width), NO_OBJ_SCORE, dtype=torch.float32, device=state.storage_device
-        )  # (N_obj, 1, H, W)
-        for i, obj in enumerate(state.objects):
-            temp = obj.temp_cond if is_cond else obj.temp_non_cond
-            out = temp.get(frame_idx) or obj.cond.get(frame_idx) or obj.non_cond.get(frame_idx)
-            if out is None:
-                continue
-            low_res = out.pred_masks
-            if tuple(low_res.shape[-2:]) != (height, width):
-                low_res = F.interpolate(low_res, size=(height, width), mode="bilinear", align_corners=False)
-            masks[i : i + 1] = low_res
-        return self._video_masks(state, masks)
-
-    def _video_masks(self, state: VideoState, masks: torch.Tensor) -> torch.Tensor:
-        """(N_obj, 1, h, w) logits -> (N_obj, 1, H, W) on the model's device, non-overlap applied if set."""
-        return to_video_resolution(
-            masks.to(state.device), state.video_height, state.video_width, non_overlap=self.model.non_overlap_masks
-        )
