@@ -402,10 +402,13 @@ class SamPredictor:
         Returns:
             masks (B, C, H, W), iou predictions (B, C), low-res logits (B, C, 256, 256); C = 1 for HQ-SAM.
         """
-        low_res, iou = self.decode_low_res(
+        # The undecorated halves: with each half entering inference_mode again, the server's RSS
+        # grew 50-130 MB instead of ~10 MB over 27 uploads (tests/server/test_memory_bound.py;
+        # the cause inside torch was not found).
+        low_res, iou = self._decode_low_res(
             point_coords, point_labels, boxes, mask_input, multimask_output, hq_token_only=hq_token_only
         )
-        masks = self.upscale_masks(low_res, return_logits=return_logits)
+        masks = self._upscale_masks(low_res, return_logits=return_logits)
         limit = self.model.low_res_logit_limit if isinstance(self.model, Sam2) else None
         if limit is not None:  # SAM 2 returns its low-res logits clamped (the masks use them unclamped)
             low_res = low_res.clamp(-limit, limit)
@@ -431,6 +434,20 @@ class SamPredictor:
             low-res logits (B, C, 256, 256) (unclamped, what the masks are made of) and IoU
             predictions (B, C).
         """
+        return self._decode_low_res(
+            point_coords, point_labels, boxes, mask_input, multimask_output, hq_token_only=hq_token_only
+        )
+
+    def _decode_low_res(
+        self,
+        point_coords: Tensor | None,
+        point_labels: Tensor | None,
+        boxes: Tensor | None,
+        mask_input: Tensor | None,
+        multimask_output: bool,
+        *,
+        hq_token_only: bool,
+    ) -> tuple[Tensor, Tensor]:
         self._require_image()
         assert self.features is not None
         check_torch_prompts(point_coords, point_labels, boxes, mask_input)
@@ -456,6 +473,9 @@ class SamPredictor:
     def upscale_masks(self, low_res: Tensor, return_logits: bool = False) -> Tensor:
         """The second half of :meth:`predict_torch`: (..., 256, 256) low-res logits of the image
         set -> (..., H, W) masks at its original size (logits with ``return_logits``)."""
+        return self._upscale_masks(low_res, return_logits=return_logits)
+
+    def _upscale_masks(self, low_res: Tensor, *, return_logits: bool) -> Tensor:
         self._require_image()
         assert self.original_size is not None and self.input_size is not None
         if return_logits:
