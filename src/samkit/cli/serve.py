@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import socket
+import sys
 
 from .common import add_model_args
 
@@ -36,6 +37,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     limits.add_argument("--max-upload-mb", type=int, default=50, help="largest uploaded file (default 50)")
     limits.add_argument(
         "--max-pixels", type=int, default=40_000_000, help="largest image, width x height (default 40000000)"
+    )
+    limits.add_argument(
+        "--max-video-mb", type=int, default=200, help="largest uploaded video file, SAM 2.x models (default 200)"
+    )
+    limits.add_argument("--max-video-frames", type=int, default=1000, help="most frames of a video (default 1000)")
+    limits.add_argument(
+        "--max-videos", type=int, default=2, help="videos open at once; the least recently used is closed (default 2)"
     )
     parser.set_defaults(func=run)
 
@@ -92,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
         ("--cache-mb", args.cache_mb),
         ("--max-upload-mb", args.max_upload_mb),
         ("--max-pixels", args.max_pixels),
+        ("--max-video-mb", args.max_video_mb),
+        ("--max-video-frames", args.max_video_frames),
+        ("--max-videos", args.max_videos),
     ):
         if value < 1:
             raise UserError(f"{option}: must be >= 1, got {value}")
@@ -107,11 +118,15 @@ def run(args: argparse.Namespace) -> int:
     token = access_token(args)
 
     from ..server.limits import LOOPBACK_HOSTS
-    from .common import load_model
 
-    model = load_model(args)
+    model, video_model, video_reason = _load_models(args)
     app = create_app(
         model,
+        video_model=video_model,
+        video_unavailable_reason=video_reason,
+        max_video_bytes=args.max_video_mb * _MIB,
+        max_video_frames=args.max_video_frames,
+        max_video_sessions=args.max_videos,
         max_image_pixels=args.max_pixels,
         max_upload_bytes=args.max_upload_mb * _MIB,
         cache_bytes=args.cache_mb * _MIB,
@@ -124,7 +139,45 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"samkit serve: {args.model} ({args.dtype}) on http://{shown}:{args.port}/{query}  (Ctrl+C to stop)", flush=True
     )
+    if video_model is not None:
+        print(f"samkit serve: video mode at http://{shown}:{args.port}/video", flush=True)
+    else:
+        print(f"samkit serve: video mode off: {video_reason}", flush=True)
     if token:
         print(f"samkit serve: API calls need the header 'Authorization: Bearer {token}'", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
     return 0
+
+
+def _load_models(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """(model, video model or None, why there is no video model or None).
+
+    A SAM 2.x name builds the video model (``build_sam_video``), which serves images too; a
+    checkpoint without the video weights (an image-only state dict) falls back to the image
+    model with video mode off. Other models have no video mode.
+    """
+    from ..checkpoint_errors import CheckpointError
+    from .common import SAM2_MODEL_CHOICES, existing_file, load_model, model_device
+
+    if args.model not in SAM2_MODEL_CHOICES:
+        reason = f"video tracking needs a SAM 2.x model and this server runs {args.model}: use --model sam2.1_hiera_t"
+        return load_model(args), None, reason
+    import torch
+
+    from ..build_sam2 import build_sam_video
+
+    device = model_device(args)
+    checkpoint = None if args.checkpoint is None else existing_file(args.checkpoint, "--checkpoint")
+    dtype = args.dtype
+    if dtype == "auto":
+        from ..hardware import auto_dtype
+
+        chosen, why = auto_dtype(device)
+        dtype = str(chosen).removeprefix("torch.")
+        print(f"--dtype auto: {dtype} ({why})", file=sys.stderr)
+    try:
+        video_model = build_sam_video(args.model, checkpoint, device=device, dtype=getattr(torch, dtype))
+    except CheckpointError as exc:
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return load_model(args), None, f"the checkpoint has no SAM 2.x video weights ({first_line[:300]})"
+    return video_model, video_model, None

@@ -13,6 +13,11 @@ Endpoints (OpenAPI schema at ``/openapi.json``, interactive docs at ``/docs``):
 ``POST /api/export/coco``                   labelled objects (multipart ``annotations`` part, JSON)
                                             -> COCO instance segmentation JSON
 ``POST /api/export/yolo``                   the same -> zip of YOLO-seg ``classes.txt`` + labels
+``GET  /video``                             the web app's video mode (SAM 2.x models)
+``/api/videos/...``                         open a video, prompt objects on any frame, track
+                                            them, read masks per frame, export: see
+                                            :mod:`samkit.server.video_routes` (501 without a
+                                            SAM 2.x video model)
 ==========================================  =================================================
 
 The exports carry the masks of a whole image, so they travel like uploads (multipart, under the
@@ -39,10 +44,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..modeling import Sam
+from ..modeling.sam2_video import Sam2Video
 from .errors import PayloadTooLarge, ServiceError
 from .export import ExportFormat
 from .guards import DEFAULT_MAX_CONCURRENT_UPLOADS, DEFAULT_MAX_JSON_BYTES, RequestGuard
-from .limits import BodySizeLimit, HostCheck
+from .limits import HostCheck
+from .path_limits import BodySizeLimitByPath
 from .schemas import (
     ErrorResponse,
     EverythingRequest,
@@ -60,6 +67,13 @@ from .service import (
     DEFAULT_MAX_UPLOAD_BYTES,
     SegmentationService,
 )
+from .video_routes import VIDEO_UPLOAD_PATH, add_video_routes
+from .video_sessions import (
+    DEFAULT_MAX_VIDEO_BYTES,
+    DEFAULT_MAX_VIDEO_FRAMES,
+    DEFAULT_MAX_VIDEO_SESSIONS,
+    VideoSessionStore,
+)
 
 __all__ = ["create_app", "STATIC_DIR"]
 
@@ -71,7 +85,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 _MULTIPART_SLACK = 64 * 1024
 # Paths that take multipart bodies: the image upload and the exports (masks of a whole image).
 _EXPORT_PATHS = {"coco": "/api/export/coco", "yolo": "/api/export/yolo"}
-_UPLOAD_PATHS = ("/api/images", *_EXPORT_PATHS.values())
+_UPLOAD_PATHS = ("/api/images", *_EXPORT_PATHS.values(), VIDEO_UPLOAD_PATH)
 MAX_EXPORT_BYTES = 16 * 1024 * 1024  # the annotations document of one export
 _ANNOTATIONS_PART = "The objects of one image: a JSON document, schema ExportRequest (see components)."
 
@@ -108,6 +122,11 @@ def create_app(
     token: str | None = None,
     max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
     max_concurrent_uploads: int = DEFAULT_MAX_CONCURRENT_UPLOADS,
+    video_model: Sam2Video | None = None,
+    video_unavailable_reason: str | None = None,
+    max_video_sessions: int = DEFAULT_MAX_VIDEO_SESSIONS,
+    max_video_bytes: int = DEFAULT_MAX_VIDEO_BYTES,
+    max_video_frames: int = DEFAULT_MAX_VIDEO_FRAMES,
 ) -> FastAPI:
     """Build the web app around a model.
 
@@ -129,10 +148,18 @@ def create_app(
         max_json_bytes: Largest body of a request other than the upload, enforced while reading.
         max_concurrent_uploads: Uploads received at the same time (more get 503 before their
             body is read), so uploads in flight hold at most this many times max_upload_bytes.
+        video_model: The SAM 2.x video model behind ``/api/videos`` (see
+            :func:`samkit.build_sam_video`); default: ``model`` itself when it is a ``Sam2Video``
+            (which serves images too), else none and the video endpoints answer 501.
+        video_unavailable_reason: Why there is no video model, for that 501 and ``/api/health``.
+        max_video_sessions: Videos open at once; opening one more closes the least recently used.
+        max_video_bytes: Largest uploaded video file.
+        max_video_frames: Most frames an uploaded video may have.
 
     Returns:
         The FastAPI app; serve it with uvicorn. ``app.state.service`` is the
-        :class:`SegmentationService`.
+        :class:`SegmentationService`, ``app.state.videos`` the
+        :class:`~samkit.server.video_sessions.VideoSessionStore`.
     """
     service = SegmentationService(
         model,
@@ -143,10 +170,26 @@ def create_app(
         max_pending_embeddings=max_pending_embeddings,
         predict_workers=predict_workers,
     )
+    if video_model is None and isinstance(model, Sam2Video):
+        video_model = model
+    if video_model is None and video_unavailable_reason is None:
+        video_unavailable_reason = (
+            f"video tracking needs a SAM 2.x model and this server runs {model.config.name}: "
+            "start samkit serve --model sam2.1_hiera_t (or another sam2.x model)"
+        )
+    videos = VideoSessionStore(
+        video_model,
+        max_sessions=max_video_sessions,
+        max_video_bytes=max_video_bytes,
+        max_frames=max_video_frames,
+        max_frame_pixels=max_image_pixels,
+        unavailable_reason=video_unavailable_reason,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        videos.close()
         service.close()
 
     app = FastAPI(
@@ -156,7 +199,12 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = service
-    app.add_middleware(BodySizeLimit, max_body_bytes=max_upload_bytes + _MULTIPART_SLACK)
+    app.state.videos = videos
+    app.add_middleware(
+        BodySizeLimitByPath,
+        max_body_bytes=max_upload_bytes + _MULTIPART_SLACK,
+        path_limits={VIDEO_UPLOAD_PATH: max_video_bytes + _MULTIPART_SLACK},
+    )
     app.add_middleware(
         RequestGuard,
         token=token,
@@ -189,12 +237,16 @@ def create_app(
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
+    @app.get("/video", include_in_schema=False)
+    async def video_page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "video.html", headers={"Cache-Control": "no-cache"})
+
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/api/health", response_model=HealthResponse)
     async def health() -> dict[str, Any]:
         """Liveness; answers while embeddings run."""
-        return service.health()
+        return {**service.health(), **videos.health()}
 
     @app.post("/api/images", response_model=ImageResponse, responses=_ERRORS)
     async def upload_image(
@@ -288,6 +340,8 @@ def create_app(
     async def export_yolo(annotations: Annotated[UploadFile, File(description=_ANNOTATIONS_PART)]) -> Response:
         """Labelled objects -> zip of YOLO-seg ``classes.txt`` and ``labels/<image stem>.txt`` (normalized polygons)."""
         return await export("yolo", annotations)
+
+    add_video_routes(app, videos)
 
     default_openapi = app.openapi
 

@@ -52,6 +52,12 @@ class HealthResponse(BaseModel):
     cache_bytes: int
     cache_limit_bytes: int
     pending_embeddings: int
+    video: bool = Field(default=False, description="Whether /api/videos works (a SAM 2.x video model is loaded).")
+    video_reason: str | None = Field(default=None, description="Why video mode is off, when it is.")
+    video_sessions: int = Field(default=0, description="Videos open now.")
+    max_video_sessions: int = 0
+    max_video_bytes: int = 0
+    max_video_frames: int = 0
 
 
 class ImageResponse(BaseModel):
