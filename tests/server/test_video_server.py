@@ -241,12 +241,18 @@ def test_errors_are_clear_4xx(client: TestClient, clip: Path, tmp_path: Path) ->
         assert "video" in response.json()["error"] and str(root) not in response.json()["error"]
     wait_until(lambda: sorted(root.iterdir()) == before, what="refused uploads to be deleted")
 
+    stopped = client.post(f"/api/videos/{vid}/propagate/stop", json={})  # nothing running: a no-op
+    assert stopped.status_code == 200 and stopped.json()["status"] == "idle"
+
     # A prompt while tracking runs is refused (409) instead of queued behind it.
     session = client.app.state.videos.get(vid)  # type: ignore[attr-defined]
     session.job.status = "running"
     try:
         busy = client.post(f"/api/videos/{vid}/prompts", json={"frame": 0, "object_id": 1, "points": [[5, 5]], "labels": [1]})
         assert busy.status_code == 409 and "tracking is running" in busy.json()["error"]
+        again = client.post(f"/api/videos/{vid}/propagate", json={})
+        assert again.status_code == 409  # one propagation per video at a time
+        assert client.post(f"/api/videos/{vid}/reset", json={}).status_code == 409
     finally:
         session.job.status = "idle"
 
@@ -327,3 +333,87 @@ def test_video_mode_is_off_with_a_sam1_model(clip: Path) -> None:
                      "/api/videos/{video_id}/masks/{frame}", "/api/videos/{video_id}/export"):
             assert path in schema["paths"], path
         assert "VideoPromptRequest" in schema["components"]["schemas"]
+
+
+@pytest.mark.parametrize("video_weights", [True, False])
+def test_samkit_serve_builds_the_video_model(
+    video_weights: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``samkit serve --model sam2.1_hiera_t``: a checkpoint with the video weights gives video mode
+    (one Sam2Video serving images and videos); an image-only one serves images, video off (501)."""
+    import torch
+    import uvicorn
+
+    from samkit.build_sam2 import get_sam2_config, get_sam2_video_config
+    from samkit.cli import main
+    from samkit.modeling.sam2 import Sam2
+
+    from .support import free_port_socket
+
+    torch.manual_seed(0)
+    model = Sam2Video(get_sam2_video_config("sam2.1_hiera_t")) if video_weights else Sam2(get_sam2_config("sam2.1_hiera_t"))
+    checkpoint = tmp_path / "sam2.1_hiera_tiny.pt"
+    torch.save({"model": model.state_dict()}, checkpoint)
+    served: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.update(app=app, **options))
+    probe = free_port_socket()
+    port = probe.getsockname()[1]
+    probe.close()
+    argv = ["serve", "--model", "sam2.1_hiera_t", "--checkpoint", str(checkpoint), "--port", str(port), "--device", "cpu",
+            "--max-videos", "3", "--max-video-mb", "7", "--max-video-frames", "99"]
+    assert main(argv) == 0
+    app = served["app"]
+    assert type(app.state.service.model) is type(model)
+    expected = model.state_dict()
+    assert all(torch.equal(t, expected[name]) for name, t in app.state.service.model.state_dict().items())
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        health = client.get("/api/health").json()
+        refused = client.post("/api/videos", files={"file": ("a.mp4", b"x", "video/mp4")})
+    if video_weights:
+        assert health["video"] is True and app.state.videos.predictor.model is app.state.service.model
+        assert (health["max_video_sessions"], health["max_video_bytes"], health["max_video_frames"]) == (3, 7 << 20, 99)
+        assert refused.status_code == 415  # the model is there; the file is not a video
+    else:
+        assert health["video"] is False and "no SAM 2.x video weights" in health["video_reason"]
+        assert refused.status_code == 501
+
+
+def test_stop_and_eviction_while_tracking(video_model: Sam2Video, clip: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tracking held between frames by a gate: stop ends it early (masks so far kept); evicting a
+    video that is tracking stops it and deletes its folder once the tracking thread lets go."""
+    import threading
+
+    app = create_app(video_model, max_video_sessions=2)
+    gate = threading.Event()
+    with TestClient(app) as client:
+        store = app.state.videos
+        original = store.predictor.propagate_in_video
+
+        def gated(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            for item in original(*args, **kwargs):
+                yield item
+                gate.wait(10)
+
+        monkeypatch.setattr(store.predictor, "propagate_in_video", gated)
+        vid = _upload(client, clip)["id"]
+        client.post(f"/api/videos/{vid}/prompts", json={"frame": 0, "object_id": 1, "points": [[40, 36]], "labels": [1]})
+        assert client.post(f"/api/videos/{vid}/propagate", json={}).status_code == 202
+        wait_until(lambda: client.get(f"/api/videos/{vid}/progress").json()["done"] == 1, what="the first frame")
+        assert client.get(f"/api/videos/{vid}/progress").json()["status"] == "running"
+        client.post(f"/api/videos/{vid}/propagate/stop", json={})
+        gate.set()
+        wait_until(lambda: client.get(f"/api/videos/{vid}/progress").json()["status"] != "running", what="the stop")
+        progress = client.get(f"/api/videos/{vid}/progress").json()
+        assert progress["status"] == "stopped" and 1 <= progress["done"] < CLIP_FRAMES == progress["total"]
+        assert progress["tracked_frames"] == list(range(progress["done"]))
+
+        gate.clear()
+        assert client.post(f"/api/videos/{vid}/propagate", json={}).status_code == 202
+        wait_until(lambda: client.get(f"/api/videos/{vid}/progress").json()["done"] == 1, what="the first frame")
+        folder = store.get(vid).folder
+        _upload(client, clip, "b.mp4")
+        _upload(client, clip, "c.mp4")  # evicts the tracking video
+        assert client.get(f"/api/videos/{vid}").status_code == 404
+        assert folder.exists()  # its tracking thread still holds it
+        gate.set()
+        wait_until(lambda: not folder.exists(), what="the evicted video's folder to go")

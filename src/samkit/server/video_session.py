@@ -206,10 +206,13 @@ class VideoSession:
         buffer = io.BytesIO()
         Image.fromarray(rgb).save(buffer, format="JPEG", quality=JPEG_QUALITY)
         data = buffer.getvalue()
-        path.parent.mkdir(exist_ok=True)
-        partial = path.with_suffix(".part")
-        partial.write_bytes(data)
-        partial.replace(path)
+        try:  # cached for the next visit; a session closed meanwhile has no folder any more
+            path.parent.mkdir(exist_ok=True)
+            partial = path.with_suffix(f".{threading.get_ident()}.part")
+            partial.write_bytes(data)
+            partial.replace(path)
+        except OSError as exc:
+            logger.debug("frame preview %d of %s not cached: %s", frame, self.session_id[:8], exc)
         return data
 
     # ------------------------------------------------------------------ writing (worker thread)
