@@ -286,11 +286,13 @@ def _opencv_connected_components(mask: torch.Tensor) -> tuple[torch.Tensor, torc
     return labels_out, areas_out
 
 
-def video_predictor(variant: str, checkpoint: str) -> Any:
+def video_predictor(variant: str, checkpoint: str, image_size: int | None = None) -> Any:
     """The official ``SAM2VideoPredictor`` on the CPU, with OpenCV's connected components in place
-    of the CUDA extension a CPU install lacks (otherwise it skips hole filling, which samkit does)."""
+    of the CUDA extension a CPU install lacks (otherwise it skips hole filling, which samkit does).
+    ``image_size``: the model input (the official ``++model.image_size`` override); None keeps 1024."""
     import sam2.utils.misc as misc
     from sam2.build_sam import build_sam2_video_predictor
 
     misc.get_connected_components = _opencv_connected_components
-    return build_sam2_video_predictor(SAM2_CONFIGS[variant], checkpoint, device="cpu")
+    overrides = [] if image_size is None else [f"++model.image_size={image_size}"]
+    return build_sam2_video_predictor(SAM2_CONFIGS[variant], checkpoint, device="cpu", hydra_overrides_extra=overrides)

@@ -76,6 +76,7 @@ ROWS: dict[str, Callable[[BenchContext], list[BenchRow]]] = {
     "sam2_everything": row_sam2_everything,
     "video": row_video,
     "video_memory": row_video_memory,
+    "video_memory_512": functools.partial(row_video_memory, image_size=512, official=True),
     "set_image_vit_h": functools.partial(row_set_image, variant="vit_h"),
     "bf16_vit_h": functools.partial(row_set_image_bf16, variant="vit_h"),
     "batch8": row_set_image_batch,

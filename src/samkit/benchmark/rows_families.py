@@ -198,31 +198,67 @@ def row_video(ctx: BenchContext) -> list[BenchRow]:
     return row_video_variant(ctx, "sam2.1_hiera_t", 64)
 
 
-def row_video_memory(ctx: BenchContext, variant: str = "sam2.1_hiera_t", lengths: tuple[int, ...] = (64, 256)) -> list[BenchRow]:
-    """samkit's peak memory of a whole tracking session against the video's length (it should not grow)."""
+def row_video_memory(
+    ctx: BenchContext,
+    variant: str = "sam2.1_hiera_t",
+    lengths: tuple[int, ...] = (64, 256),
+    image_size: int | None = None,
+    official: bool = False,
+) -> list[BenchRow]:
+    """Peak memory of a whole tracking session against the video's length (samkit's should not
+    grow): one row per length, two objects clicked on frame 0 of a 960x540 clip, one round.
+
+    Args:
+        image_size: the model input (default the variant's 1024; 512 costs ~1/8 per frame and
+            shows the same memory behaviour).
+        official: also run the official ``SAM2VideoPredictor`` on each length (same weights and
+            input size), whose memory grows with the frames it holds.
+    """
     import torch
 
-    from ..build_sam2 import build_sam_video
+    from ..build_sam2 import build_sam_video, get_sam2_video_config
     from ..video import SamVideoPredictor
     from .harness import peak_memory
 
     ctx.drop("official:", "samkit:")
     checkpoint = ctx.baselines.make_video_checkpoint(variant, ctx.workdir / f"{variant}_video.pt")
-    predictor = SamVideoPredictor(build_sam_video(variant, checkpoint, device=ctx.device))
+    config = get_sam2_video_config(variant)
+    if image_size is not None:
+        config = config.with_image_size(image_size)
+    size = f"{config.image_size} input"
     rows = []
     for frames in lengths:
         clip = write_bench_clip(ctx.workdir / f"clip_{frames}", frames)
-        with peak_memory() as peak, torch.inference_mode():
-            seconds, masks = _track(predictor, clip, 960, 540)
+        measured: dict[str, tuple[float, float | None, dict[int, np.ndarray]]] = {}
+        for side in ("official", "samkit") if official else ("samkit",):
+            with peak_memory() as peak, torch.inference_mode():
+                if side == "official":
+                    predictor = ctx.baselines.video_predictor(variant, checkpoint, image_size=image_size)
+                else:
+                    predictor = SamVideoPredictor(build_sam_video(config, checkpoint, device=ctx.device))
+                seconds, masks = _track(predictor, clip, 960, 540)
+                del predictor
+            measured[side] = (seconds, peak["peak_mb"], masks)
+        seconds, peak_mb, masks = measured["samkit"]
+        check = f"{frames / seconds:.3f} frames/s; {len(masks)} frames"
+        ok = len(masks) == frames
+        if official:
+            off_seconds, off_peak, off_masks = measured["official"]
+            ious = [mask_iou(a, b) for f in sorted(off_masks) for a, b in zip(off_masks[f], masks.get(f, np.zeros_like(off_masks[f])))]
+            worst = min(ious) if ious else 0.0
+            check += f" (official {frames / off_seconds:.3f}); worst per-frame mask IoU {worst:.4f}"
+            ok = ok and len(off_masks) == frames and worst >= 0.99
         rows.append(
             BenchRow(
-                f"video memory {variant}, {frames} frames 960x540 (samkit only)",
-                "-",
-                None,
+                f"video memory {variant} ({size}), {frames} frames 960x540, 2 objects, whole session",
+                "official SAM2VideoPredictor" if official else "-",
+                measured["official"][0] if official else None,
                 seconds,
-                samkit_peak_mb=peak["peak_mb"],
-                check=f"peak {peak['peak_mb']:.0f} MB above the loaded model; {frames / seconds:.3f} frames/s; {len(masks)} frames",
-                ok=len(masks) == frames,
+                baseline_peak_mb=measured["official"][1] if official else None,
+                samkit_peak_mb=peak_mb,
+                check=check + "; peak memory: model build + session, above the process before it; one round",
+                ok=ok,
+                extra={"frames": frames, "image_size": config.image_size},
             )
         )
     return rows
