@@ -28,7 +28,8 @@ This module holds the session and its bookkeeping: which object and frame a prom
 when prompts are committed to memory, the order of a propagation, the retention rule applied.
 The rest is in its own modules: ``prompt_inputs.py`` (clicks, boxes and masks -> model
 inputs), ``frame_step.py`` (one object on one frame through the model, and what is stored of
-it), ``outputs.py`` (the masks returned, at the video resolution).
+it), ``outputs.py`` (the masks returned, at the video resolution), ``resume.py`` (a session's
+memory saved and restored: ``export_memory`` / ``import_memory``, to go on in another process).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from .frame_step import encode_prompted_memory, image_features, run_frame
 from .frames import FrameSource, open_frames
 from .outputs import NO_OBJ_SCORE, consolidated_video_masks, video_masks
 from .prompt_inputs import mask_input, points_input
+from .resume import export_memory, import_memory
 from .state import FrameOutput, ObjectTrack, VideoState, memory_reach
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -340,6 +342,34 @@ class SamVideoPredictor:
         """One object's stored result on a frame (low-res logits, object score, pointer), if kept."""
         obj_idx = state.object_index(obj_id)
         return None if obj_idx is None else state.objects[obj_idx].output(state.check_frame(frame_idx))
+
+    def export_memory(self, state: VideoState) -> dict[str, torch.Tensor]:
+        """What the session holds besides its prompts, as CPU tensors (safetensors-ready).
+
+        With the same prompts added to a new session, :meth:`import_memory` of this makes
+        propagation continue from where this session stopped with the very same results (a
+        tracking run that resumes after being killed). Layout and size: ``resume.py``.
+
+        Raises:
+            ValueError: prompts were added since the last propagation (propagate first).
+        """
+        return export_memory(state)
+
+    @torch.inference_mode()
+    def import_memory(self, state: VideoState, memory: dict[str, torch.Tensor]) -> None:
+        """Restore :meth:`export_memory`'s tensors into ``state``, which has the same prompts.
+
+        Add the prompts of the saved session again first (same objects in the same order, same
+        frames); this encodes them into memory as propagation would, then restores the tracked
+        frames' outputs. Propagate next from the frame after ``state.frontier`` (in the saved
+        direction).
+
+        Raises:
+            ValueError: the saved session had other objects or prompted frames, or another model
+                or image size made it (the state keeps its prompts and nothing else changes).
+        """
+        self._commit_prompts(state)
+        import_memory(state, memory)
 
     # ------------------------------------------------------------------ internals
 
