@@ -135,7 +135,7 @@ def test_interrupted_forward_pass_resumes(track: Tracker, reference: Path, tmp_p
     assert_same_outputs(reference, out)
 
 
-@pytest.mark.parametrize("interval", [0.0, float("inf")])
+@pytest.mark.parametrize("interval", [0.0, pytest.param(float("inf"), marks=pytest.mark.slow)])
 def test_interrupted_backward_pass_resumes(track: Tracker, reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interval: float) -> None:
     """(c) Killed in the backward pass after frame 2: with a save after every frame the rerun goes
     on at frame 1; with saves only at the end of each pass it redoes the backward pass."""
@@ -152,6 +152,7 @@ def test_interrupted_backward_pass_resumes(track: Tracker, reference: Path, tmp_
     assert_same_outputs(reference, out)
 
 
+@pytest.mark.slow  # 3 runs; these slow ones add ~9 runs of the 7-frame clip
 def test_changed_prompt_starts_over(track: Tracker, tmp_path: Path) -> None:
     """(d) The resume file of other prompts is ignored (one line) and the run starts over."""
     changed = PROMPTS[:-1] + ["5,52,30,0"]
@@ -165,6 +166,7 @@ def test_changed_prompt_starts_over(track: Tracker, tmp_path: Path) -> None:
     assert_same_outputs(expected, out)
 
 
+@pytest.mark.slow  # 4 runs
 def test_damaged_resume_file_starts_over(track: Tracker, reference: Path, tmp_path: Path) -> None:
     """(e) A truncated or corrupt resume file, or a frames file shorter than it says: one line, start over."""
     interrupted = tmp_path / "interrupted"
