@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -91,6 +92,13 @@ def test_track_writes_the_predictors_masks(tmp_path: Path, checkpoint: Path, cli
     # A finished run is not redone.
     assert main(argv) == 0
     assert "nothing to do" in capsys.readouterr().out
+    # ... unless the video changed under the same path (here: a frame file rewritten later).
+    frame = sorted(clip.iterdir())[0]
+    stamp = frame.stat()
+    os.utime(frame, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))
+    assert main(argv) == 0
+    assert "nothing to do" not in capsys.readouterr().out
+    assert json.loads((out / "tracks.json").read_text())["frames"] == tracks["frames"]  # same frames, same masks
 
 
 def test_track_bad_input_is_one_line(tmp_path: Path, checkpoint: Path, clip: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,7 +7,7 @@ backwards from it too, so every frame gets a mask per object.
 
 Writes, under ``--out``: ``masks/<frame>_<object>.png`` (0 / 255, the frame's size) and
 ``tracks.json`` (per frame and object: COCO RLE, area, bbox XYWH), and with ``--overlay`` an
-mp4 of the masks drawn over the video. A finished run (``tracks.json`` for the same video,
+mp4 of the masks drawn over the video. A finished run (``tracks.json`` for the same video (path, size, modification time),
 model and prompts) is not redone. An interrupted one (Ctrl-C, killed, a crash) resumes where it
 stopped: while tracking, the session's memory (the tracked frames' outputs the predictor keeps) is saved to
 ``.track_resume.safetensors`` every 10 s and at the end of each pass, and each finished frame's
@@ -137,9 +137,23 @@ def parse_prompts(points: list[str], boxes: list[str], default_object: str) -> d
     return prompts
 
 
+def _video_stamp(video: Path) -> list[int]:
+    """Size and modification time of a video file, or count, total size and newest modification
+    time of a frame folder's files: a different video under the same path does not match."""
+    try:
+        if video.is_dir():
+            stats = [entry.stat() for entry in video.iterdir() if entry.is_file()]
+            return [len(stats), sum(st.st_size for st in stats), max((st.st_mtime_ns for st in stats), default=0)]
+        st = video.stat()
+        return [st.st_size, st.st_mtime_ns]
+    except OSError:
+        return []  # unreadable: opening it says why
+
+
 def _settings(args: argparse.Namespace, prompts: dict[tuple[int, Hashable], FramePrompt]) -> dict[str, Any]:
     return {
         "video": str(Path(args.video).resolve()),
+        "video_stamp": _video_stamp(Path(args.video)),
         "model": args.model,
         "checkpoint": None if args.checkpoint is None else str(Path(args.checkpoint).resolve()),
         "dtype": args.dtype,
