@@ -129,44 +129,15 @@
   }
 
   // ------------------------------------------------------------------ API
-  async function apiJson(method, url, body) {
-    const init = { method, headers: {} };
-    if (body !== undefined) {
-      init.headers["Content-Type"] = "application/json";
-      init.body = JSON.stringify(body);
-    }
-    const response = await fetch(url, init);
-    let data = null;
-    try { data = await response.json(); } catch (_) { /* not JSON */ }
-    if (!response.ok) {
-      const error = new Error((data && data.error) || `${response.status} ${response.statusText}`);
-      error.status = response.status;
-      throw error;
-    }
-    return data;
-  }
+  const apiJson = SamPage.apiJson;
 
-  /** Upload with XMLHttpRequest for upload progress; resolves to {id, width, height, ...}. */
+  /** Upload with progress; resolves to {id, width, height, ...}. */
   function uploadFile(file) {
-    return new Promise((resolve, reject) => {
-      const xhr = new XMLHttpRequest();
-      const form = new FormData();
-      form.append("file", file, file.name || "image");
-      xhr.open("POST", "/api/images");
-      xhr.responseType = "json";
-      const expected = Number(localStorage.getItem("samkit.embedMs")) || 0;
-      xhr.upload.onprogress = (e) => {
-        if (e.lengthComputable) setProgressFraction(e.loaded / e.total, `Uploading… ${Math.round((100 * e.loaded) / e.total)}%`);
-      };
-      xhr.upload.onload = () => showProgress("Computing the image embedding…", expected);
-      xhr.onload = () => {
-        const data = xhr.response;
-        if (xhr.status >= 200 && xhr.status < 300 && data) resolve(data);
-        else reject(Object.assign(new Error((data && data.error) || `upload failed (${xhr.status})`), { status: xhr.status }));
-      };
-      xhr.onerror = () => reject(new Error("upload failed: the server is unreachable"));
-      showProgress("Uploading…", 0);
-      xhr.send(form);
+    const expected = Number(localStorage.getItem("samkit.embedMs")) || 0;
+    showProgress("Uploading…", 0);
+    return SamPage.upload("/api/images", file, "image", {
+      onProgress: (fraction, percent) => setProgressFraction(fraction, `Uploading… ${percent}%`),
+      onSent: () => showProgress("Computing the image embedding…", expected),
     });
   }
 
@@ -240,13 +211,7 @@
     fitCanvas();
   }
 
-  function fitCanvas() {
-    if (!state.width) return;
-    const box = els.stage.getBoundingClientRect();
-    const scale = Math.min((box.width - 24) / state.width, (box.height - 24) / state.height);
-    els.wrap.style.width = `${Math.max(1, Math.floor(state.width * scale))}px`;
-    els.wrap.style.height = `${Math.max(1, Math.floor(state.height * scale))}px`;
-  }
+  const fitCanvas = () => SamPage.fitCanvas(els.stage, els.wrap, state.width, state.height);
   window.addEventListener("resize", () => { fitCanvas(); drawPrompts(); });
 
   // ------------------------------------------------------------------ prompts -> masks
@@ -408,12 +373,7 @@
     return best;
   }
 
-  function imagePoint(event) {
-    const rect = els.promptLayer.getBoundingClientRect();
-    const x = ((event.clientX - rect.left) / rect.width) * state.width;
-    const y = ((event.clientY - rect.top) / rect.height) * state.height;
-    return [Math.min(state.width, Math.max(0, x)), Math.min(state.height, Math.max(0, y))];
-  }
+  const imagePoint = (event) => SamPage.imagePoint(els.promptLayer, event, state.width, state.height);
 
   let press = null; // {start: [x, y], clientX, clientY, button, shift, dragging, current}
   els.promptLayer.addEventListener("contextmenu", (e) => e.preventDefault());
@@ -610,24 +570,7 @@
   }
 
   // ------------------------------------------------------------------ drawing
-  function rgbaWord([r, g, b], a) {
-    return ((a << 24) | (b << 16) | (g << 8) | r) >>> 0; // little-endian RGBA in a Uint32
-  }
-
-  /** Fill a mask (optionally inside a bbox) into a Uint32 RGBA view, with an opaque outline. */
-  function paintMask(pixels, mask, width, height, color, alpha, bbox) {
-    const [bx, by, bw, bh] = bbox || [0, 0, width, height];
-    const fill = rgbaWord(color, alpha);
-    const edge = rgbaWord(color, 255);
-    for (let y = by; y < by + bh; y++) {
-      for (let x = bx, i = y * width + bx; x < bx + bw; x++, i++) {
-        if (!mask[i]) continue;
-        const border = x === 0 || x === width - 1 || y === 0 || y === height - 1 ||
-          !mask[i - 1] || !mask[i + 1] || !mask[i - width] || !mask[i + width];
-        pixels[i] = border ? edge : fill;
-      }
-    }
-  }
+  const paintMask = SamMasks.paintMask;
 
   function renderCurrentMask() {
     const { width, height } = state;

@@ -1,4 +1,4 @@
-// Mask helpers for the samkit page: COCO RLE, 1-bit PNG, ZIP, colours.
+// Mask helpers for the samkit pages: COCO RLE, 1-bit PNG, ZIP, colours, drawing.
 // A mask is a Uint8Array of H*W bytes in row-major order (1 = object).
 "use strict";
 
@@ -224,5 +224,25 @@ const SamMasks = (() => {
     return [Math.round(f(5) * 255), Math.round(f(3) * 255), Math.round(f(1) * 255)];
   }
 
-  return { rleCounts, countsToString, stringToCounts, rleDecode, rleEncode, stats, crc32, maskToPng, makeZip, color };
+  // ------------------------------------------------------------------ drawing
+  function rgbaWord([r, g, b], a) {
+    return ((a << 24) | (b << 16) | (g << 8) | r) >>> 0; // little-endian RGBA in a Uint32
+  }
+
+  /** Fill a mask (optionally only inside bbox [x, y, w, h]) into a Uint32 RGBA view, with an opaque outline. */
+  function paintMask(pixels, mask, width, height, color, alpha, bbox) {
+    const [bx, by, bw, bh] = bbox || [0, 0, width, height];
+    const fill = rgbaWord(color, alpha);
+    const edge = rgbaWord(color, 255);
+    for (let y = by; y < by + bh; y++) {
+      for (let x = bx, i = y * width + bx; x < bx + bw; x++, i++) {
+        if (!mask[i]) continue;
+        const border = x === 0 || x === width - 1 || y === 0 || y === height - 1 ||
+          !mask[i - 1] || !mask[i + 1] || !mask[i - width] || !mask[i + width];
+        pixels[i] = border ? edge : fill;
+      }
+    }
+  }
+
+  return { rleCounts, countsToString, stringToCounts, rleDecode, rleEncode, stats, crc32, maskToPng, makeZip, color, rgbaWord, paintMask };
 })();

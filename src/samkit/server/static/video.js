@@ -58,39 +58,14 @@
   function hideProgress() { els.progress.hidden = true; }
 
   // ------------------------------------------------------------------ API
-  async function api(method, url, body) {
-    const init = { method, headers: {} };
-    if (method !== "GET") {
-      init.headers["Content-Type"] = "application/json"; // the server's guard wants it on every POST/DELETE
-      init.body = JSON.stringify(body === undefined ? {} : body);
-    }
-    const response = await fetch(url, init);
-    let data = null;
-    try { data = await response.json(); } catch (_) { /* not JSON */ }
-    if (!response.ok) throw Object.assign(new Error((data && data.error) || `${response.status} ${response.statusText}`), { status: response.status });
-    return data;
-  }
+  const api = SamPage.apiJson;
   const videoUrl = (path = "") => `/api/videos/${state.video.id}${path}`;
 
   function uploadVideo(file) {
-    return new Promise((resolve, reject) => {
-      const xhr = new XMLHttpRequest();
-      const form = new FormData();
-      form.append("file", file, file.name || "video");
-      xhr.open("POST", "/api/videos");
-      xhr.responseType = "json";
-      xhr.upload.onprogress = (e) => {
-        if (e.lengthComputable) showProgress(`Uploading… ${Math.round((100 * e.loaded) / e.total)}%`, e.loaded / e.total);
-      };
-      xhr.upload.onload = () => showProgress("Decoding the video, encoding frame 0…", 1);
-      xhr.onload = () => {
-        const data = xhr.response;
-        if (xhr.status >= 200 && xhr.status < 300 && data) resolve(data);
-        else reject(new Error((data && data.error) || `upload failed (${xhr.status})`));
-      };
-      xhr.onerror = () => reject(new Error("upload failed: the server is unreachable"));
-      showProgress("Uploading…", 0);
-      xhr.send(form);
+    showProgress("Uploading…", 0);
+    return SamPage.upload("/api/videos", file, "video", {
+      onProgress: (fraction, percent) => showProgress(`Uploading… ${percent}%`, fraction),
+      onSent: () => showProgress("Decoding the video, encoding frame 0…", 1),
     });
   }
 
@@ -142,13 +117,7 @@
     fitCanvas();
   }
 
-  function fitCanvas() {
-    if (!state.width) return;
-    const box = els.stage.getBoundingClientRect();
-    const scale = Math.min((box.width - 24) / state.width, (box.height - 24) / state.height);
-    els.wrap.style.width = `${Math.max(1, Math.floor(state.width * scale))}px`;
-    els.wrap.style.height = `${Math.max(1, Math.floor(state.height * scale))}px`;
-  }
+  const fitCanvas = () => SamPage.fitCanvas(els.stage, els.wrap, state.width, state.height);
   window.addEventListener("resize", () => { fitCanvas(); drawPrompts(); });
 
   // ------------------------------------------------------------------ frames and masks
@@ -202,10 +171,6 @@
     }
   }
 
-  function rgbaWord([r, g, b], a) {
-    return ((a << 24) | (b << 16) | (g << 8) | r) >>> 0; // little-endian RGBA in a Uint32
-  }
-
   /** Every object's mask on the shown frame, the current one more opaque; outlines opaque. */
   function drawMasks() {
     const { width, height } = state;
@@ -217,16 +182,7 @@
     for (const obj of order) {
       const mask = held.get(obj.id);
       if (!mask) continue;
-      const fill = rgbaWord(obj.color, obj.id === state.current ? CURRENT_ALPHA : OTHER_ALPHA);
-      const edge = rgbaWord(obj.color, 255);
-      for (let y = 0, i = 0; y < height; y++) {
-        for (let x = 0; x < width; x++, i++) {
-          if (!mask[i]) continue;
-          const border = x === 0 || x === width - 1 || y === 0 || y === height - 1 ||
-            !mask[i - 1] || !mask[i + 1] || !mask[i - width] || !mask[i + width];
-          pixels[i] = border ? edge : fill;
-        }
-      }
+      SamMasks.paintMask(pixels, mask, width, height, obj.color, obj.id === state.current ? CURRENT_ALPHA : OTHER_ALPHA);
     }
     ctx.putImageData(image, 0, 0);
     renderStrip();
@@ -236,10 +192,7 @@
   const promptKey = (f, obj) => `${f}:${obj}`;
 
   function imagePoint(event) {
-    const rect = els.promptLayer.getBoundingClientRect();
-    const x = ((event.clientX - rect.left) / rect.width) * state.width;
-    const y = ((event.clientY - rect.top) / rect.height) * state.height;
-    return [Math.min(state.width, Math.max(0, x)), Math.min(state.height, Math.max(0, y))].map((v) => Math.round(v * 10) / 10);
+    return SamPage.imagePoint(els.promptLayer, event, state.width, state.height).map((v) => Math.round(v * 10) / 10);
   }
 
   let press = null;
