@@ -9,14 +9,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from video_oracle import write_clip
+from video_oracle import write_clip, write_present_objects_checkpoint
 
 from samkit.build_sam2 import get_sam2_video_config
 from samkit.cli import main
 from samkit.everything.rle import rle_to_mask, string_to_counts
-from samkit.modeling.sam2_video import Sam2Video
 from samkit.video import SamVideoPredictor
 
 IMAGE_SIZE = 256  # the tiny input keeps a full hiera_t fast; every module follows it
@@ -24,17 +22,8 @@ IMAGE_SIZE = 256  # the tiny input keeps a full hiera_t fast; every module follo
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random sam2.1_hiera_t video checkpoint in the official {"model": state_dict} form, with
-    the object-score head biased so that objects are present (random weights say absent)."""
-    torch.manual_seed(0)
-    model = Sam2Video(get_sam2_video_config("sam2.1_hiera_t")).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-        model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.add_(2.0)
-    path = tmp_path_factory.mktemp("ckpt") / "sam2.1_hiera_tiny.pt"
-    torch.save({"model": model.state_dict()}, path)
-    return path
+    """A random sam2.1_hiera_t video checkpoint whose objects are present (video_oracle)."""
+    return write_present_objects_checkpoint(tmp_path_factory.mktemp("ckpt") / "sam2.1_hiera_tiny.pt")
 
 
 @pytest.fixture(scope="module")

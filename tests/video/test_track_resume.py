@@ -21,13 +21,12 @@ import pytest
 import torch
 from fake_video_model import ReadCheckingModel
 from PIL import Image
-from video_oracle import write_clip
+from video_oracle import write_clip, write_present_objects_checkpoint
 
 import samkit.cli.track as track_cli
 import samkit.cli.track_resume as track_resume
 from samkit.build_sam2 import build_sam_video, get_sam2_video_config
 from samkit.cli import main
-from samkit.modeling.sam2_video import Sam2Video
 from samkit.video import SamVideoPredictor
 from samkit.video.resume import memory_file_bytes, read_memory_file
 
@@ -41,16 +40,8 @@ FORWARD, BACKWARD = 4, 4
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random sam2.1_hiera_t video checkpoint (as in test_track_cli.py): objects are present."""
-    torch.manual_seed(0)
-    model = Sam2Video(get_sam2_video_config("sam2.1_hiera_t")).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-        model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.add_(2.0)
-    path = tmp_path_factory.mktemp("ckpt") / "sam2.1_hiera_tiny.pt"
-    torch.save({"model": model.state_dict()}, path)
-    return path
+    """A random sam2.1_hiera_t video checkpoint whose objects are present (video_oracle)."""
+    return write_present_objects_checkpoint(tmp_path_factory.mktemp("ckpt") / "sam2.1_hiera_tiny.pt")
 
 
 @pytest.fixture(scope="module")

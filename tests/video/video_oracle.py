@@ -106,3 +106,19 @@ def write_clip(folder: Path, num_frames: int = 8, height: int = 72, width: int =
         image = Image.fromarray(np.clip(np.rint(frame), 0, 255).astype(np.uint8))
         image.save(folder / f"{t:05d}.jpg", quality=95)
     return folder
+
+
+def write_present_objects_checkpoint(path: Path) -> Path:
+    """A random sam2.1_hiera_t video checkpoint in the official ``{"model": state_dict}`` form,
+    with the object-score head biased so that objects are present (random weights say absent)."""
+    from samkit.build_sam2 import get_sam2_video_config
+    from samkit.modeling.sam2_video import Sam2Video
+
+    torch.manual_seed(0)
+    model = Sam2Video(get_sam2_video_config("sam2.1_hiera_t")).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+        model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.add_(2.0)
+    torch.save({"model": model.state_dict()}, path)
+    return path

@@ -82,15 +82,8 @@
       state.video = info;
       state.width = info.width;
       state.height = info.height;
-      state.objects = [];
-      state.nextObjectId = 1;
-      state.prompts.clear();
-      state.masks.clear();
-      state.tracked.clear();
-      state.trackedObjects.clear();
-      state.dirtyFrames.clear();
+      clearObjects();
       frames.clear();
-      addObject();
       els.fileName.textContent = info.file_name;
       els.slider.max = String(info.frames - 1);
       setupCanvases();
@@ -318,11 +311,8 @@
     drawMasks();
   }
 
-  async function resetAll() {
-    if (!state.video || state.busy || state.tracking) return;
-    try {
-      await api("POST", videoUrl("/reset"));
-    } catch (e) { setStatus(e.message, true); return; }
+  /** Forget every object, prompt, mask and tracked frame; start again with one new object. */
+  function clearObjects() {
     state.objects = [];
     state.nextObjectId = 1;
     state.prompts.clear();
@@ -331,6 +321,14 @@
     state.trackedObjects.clear();
     state.dirtyFrames.clear();
     addObject();
+  }
+
+  async function resetAll() {
+    if (!state.video || state.busy || state.tracking) return;
+    try {
+      await api("POST", videoUrl("/reset"));
+    } catch (e) { setStatus(e.message, true); return; }
+    clearObjects();
     els.trackStatus.textContent = "Not tracked yet.";
     els.trackFill.style.width = "0";
     setStatus("every object and mask forgotten");
