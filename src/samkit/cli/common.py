@@ -55,14 +55,19 @@ def load_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     checkpoint = args.checkpoint
     if checkpoint is not None:
         checkpoint = existing_file(checkpoint, "--checkpoint")
-    dtype = args.dtype
+    return build_sam(args.model, checkpoint, device=device, dtype=model_dtype(args, device))
+
+
+def model_dtype(args: argparse.Namespace, device) -> str:  # type: ignore[no-untyped-def]
+    """``--dtype``, with ``auto`` resolved for ``device`` and the choice said on stderr."""
+    dtype: str = args.dtype
     if dtype == "auto":  # say what was chosen: the user asked the machine to decide
         from ..hardware import auto_dtype
 
         chosen, reason = auto_dtype(device)
         dtype = str(chosen).removeprefix("torch.")
         print(f"--dtype auto: {dtype} ({reason})", file=sys.stderr)
-    return build_sam(args.model, checkpoint, device=device, dtype=dtype)
+    return dtype
 
 
 def model_device(args: argparse.Namespace):  # type: ignore[no-untyped-def]

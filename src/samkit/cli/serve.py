@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import socket
-import sys
 
 from .common import add_model_args
 
@@ -157,7 +156,7 @@ def _load_models(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     model with video mode off. Other models have no video mode.
     """
     from ..checkpoint_errors import CheckpointError
-    from .common import SAM2_MODEL_CHOICES, existing_file, load_model, model_device
+    from .common import SAM2_MODEL_CHOICES, existing_file, load_model, model_device, model_dtype
 
     if args.model not in SAM2_MODEL_CHOICES:
         reason = f"video tracking needs a SAM 2.x model and this server runs {args.model}: use --model sam2.1_hiera_t"
@@ -168,13 +167,7 @@ def _load_models(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
     device = model_device(args)
     checkpoint = None if args.checkpoint is None else existing_file(args.checkpoint, "--checkpoint")
-    dtype = args.dtype
-    if dtype == "auto":
-        from ..hardware import auto_dtype
-
-        chosen, why = auto_dtype(device)
-        dtype = str(chosen).removeprefix("torch.")
-        print(f"--dtype auto: {dtype} ({why})", file=sys.stderr)
+    dtype = model_dtype(args, device)
     try:
         video_model = build_sam_video(args.model, checkpoint, device=device, dtype=getattr(torch, dtype))
     except CheckpointError as exc:
